@@ -1,0 +1,95 @@
+// balance.hpp - spreads accepted connections over pre-forked workers.
+//
+// Every worker polls the shared listeners, and the kernel wakes them LIFO:
+// left alone, one worker takes most connections (measured 142/56/1/1 over
+// four). So each worker publishes how many connections it has accepted, and
+// one that is ahead of the slowest live worker by more than `slack` stops
+// polling the listeners until the others catch up. A worker that stalls
+// stops publishing its heartbeat and drops out of the comparison after
+// `stale_after`, so it can never strand connections in the backlog.
+//
+// The board lives in MAP_SHARED memory that the parent maps before forking.
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <cstring>
+#include <new>
+
+#include <sys/mman.h>
+
+namespace balance {
+
+struct WorkerSlot {
+    std::atomic<uint64_t> accepted{0};
+    std::atomic<int64_t> heartbeat_ms{0};  // CLOCK_MONOTONIC, ms
+    std::atomic<uint32_t> active{0};
+};
+
+class Board {
+public:
+    static constexpr uint64_t slack = 1;
+    static constexpr int64_t stale_after_ms = 1000;
+    // A worker must publish a heartbeat at least this often to count as live.
+    static constexpr int heartbeat_every_ms = 250;
+
+    Board() = default;
+    Board(const Board&) = delete;
+    Board& operator=(const Board&) = delete;
+    ~Board() { unmap(); }
+
+    bool map(int workers) {
+        unmap();
+        bytes_ = sizeof(WorkerSlot) * static_cast<size_t>(workers);
+        void* memory = mmap(nullptr, bytes_, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+        if (memory == MAP_FAILED) return false;
+        slots_ = static_cast<WorkerSlot*>(memory);
+        count_ = workers;
+        for (int i = 0; i < count_; ++i) new (&slots_[i]) WorkerSlot();
+        return true;
+    }
+
+    int count() const { return count_; }
+    WorkerSlot& slot(int worker) { return slots_[worker]; }
+
+    // A respawned worker starts level with the others instead of at zero,
+    // which would make it take every new connection until it caught up.
+    void restart(int worker, int64_t now_ms) {
+        uint64_t lowest = UINT64_MAX;
+        for (int i = 0; i < count_; ++i)
+            if (i != worker) lowest = std::min(lowest, slots_[i].accepted.load(std::memory_order_relaxed));
+        slots_[worker].accepted.store(lowest == UINT64_MAX ? 0 : lowest, std::memory_order_relaxed);
+        slots_[worker].active.store(0, std::memory_order_relaxed);
+        slots_[worker].heartbeat_ms.store(now_ms, std::memory_order_relaxed);
+    }
+
+    void heartbeat(int worker, int64_t now_ms) {
+        slots_[worker].heartbeat_ms.store(now_ms, std::memory_order_relaxed);
+    }
+
+    bool may_accept(int worker, int64_t now_ms) const {
+        if (count_ <= 1) return true;
+        uint64_t mine = slots_[worker].accepted.load(std::memory_order_relaxed);
+        for (int i = 0; i < count_; ++i) {
+            if (i == worker) continue;
+            const WorkerSlot& other = slots_[i];
+            if (now_ms - other.heartbeat_ms.load(std::memory_order_relaxed) > stale_after_ms) continue;
+            if (mine > other.accepted.load(std::memory_order_relaxed) + slack) return false;
+        }
+        return true;
+    }
+
+private:
+    void unmap() {
+        if (slots_) munmap(slots_, bytes_);
+        slots_ = nullptr;
+        count_ = 0;
+    }
+
+    WorkerSlot* slots_ = nullptr;
+    size_t bytes_ = 0;
+    int count_ = 0;
+};
+
+}  // namespace balance

@@ -1,0 +1,328 @@
+// net.hpp - sockets and addresses: RAII descriptors, host:port syntax,
+// resolution, listening, accepting and nonblocking dialing.
+//
+// Linux-only calls (accept4, SOCK_NONBLOCK) sit behind small helpers with a
+// POSIX fallback; building with -DMIXCTL_POSIX_ONLY forces the fallback so CI
+// keeps the portable path tested.
+#pragma once
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#if defined(__linux__) && !defined(MIXCTL_POSIX_ONLY)
+#define MIXCTL_HAVE_ACCEPT4 1
+#endif
+
+namespace net {
+
+// Owns one file descriptor; closing happens here and nowhere else.
+class Fd {
+public:
+    Fd() = default;
+    explicit Fd(int fd) : fd_(fd) {}
+    Fd(Fd&& other) noexcept : fd_(other.release()) {}
+    Fd& operator=(Fd&& other) noexcept {
+        if (this != &other) reset(other.release());
+        return *this;
+    }
+    Fd(const Fd&) = delete;
+    Fd& operator=(const Fd&) = delete;
+    ~Fd() { reset(); }
+
+    int get() const { return fd_; }
+    bool valid() const { return fd_ >= 0; }
+    explicit operator bool() const { return valid(); }
+    int release() { return std::exchange(fd_, -1); }
+    void reset(int fd = -1) {
+        if (fd_ >= 0) {
+            int saved = errno;  // close() must not clobber the error a caller is about to report
+            ::close(fd_);
+            errno = saved;
+        }
+        fd_ = fd;
+    }
+
+private:
+    int fd_ = -1;
+};
+
+inline std::string errno_text(int err) {
+    // Go prints "connection refused", libc "Connection refused": keep Go's case.
+    std::string text = strerror(err);
+    if (!text.empty() && text[0] >= 'A' && text[0] <= 'Z' && !(text.size() > 1 && text[1] >= 'A' && text[1] <= 'Z'))
+        text[0] = static_cast<char>(text[0] - 'A' + 'a');
+    return text;
+}
+
+// ---- host:port syntax ----------------------------------------------------
+
+struct HostPort {
+    std::string host;  // without brackets; empty means "all interfaces"
+    uint16_t port = 0;
+    std::string text() const {
+        std::string h = host.find(':') != std::string::npos ? "[" + host + "]" : host;
+        return h + ":" + std::to_string(port);
+    }
+};
+
+// Parses "host:port", "[v6]:port", ":port". On failure returns false and a
+// message naming what is wrong (the caller adds file:line and the field).
+inline bool parse_host_port(std::string_view text, bool allow_port_zero, HostPort& out, std::string& error) {
+    std::string_view host, port;
+    if (!text.empty() && text.front() == '[') {
+        size_t close = text.find(']');
+        if (close == std::string_view::npos) {
+            error = "missing ']' in address";
+            return false;
+        }
+        host = text.substr(1, close - 1);
+        std::string_view rest = text.substr(close + 1);
+        if (rest.empty() || rest.front() != ':') {
+            error = "missing port in address (want [host]:port)";
+            return false;
+        }
+        port = rest.substr(1);
+        if (host.find(':') == std::string_view::npos) {
+            error = "brackets are only for IPv6 addresses";
+            return false;
+        }
+    } else {
+        size_t colon = text.rfind(':');
+        if (colon == std::string_view::npos) {
+            error = "missing port in address (want host:port)";
+            return false;
+        }
+        host = text.substr(0, colon);
+        port = text.substr(colon + 1);
+        if (host.find(':') != std::string_view::npos) {
+            error = "too many colons in address: write IPv6 addresses in brackets, e.g. [::1]:" +
+                    std::string(port);
+            return false;
+        }
+    }
+    if (host.find_first_of(" \t[]/") != std::string_view::npos) {
+        error = "invalid host \"" + std::string(host) + "\"";
+        return false;
+    }
+    if (port.empty()) {
+        error = "missing port in address";
+        return false;
+    }
+    unsigned long value = 0;
+    for (char c : port) {
+        if (c < '0' || c > '9' || value > 65535) {
+            error = "invalid port \"" + std::string(port) + "\"";
+            return false;
+        }
+        value = value * 10 + static_cast<unsigned long>(c - '0');
+    }
+    if (value > 65535 || (value == 0 && !allow_port_zero)) {
+        error = "port " + std::string(port) + " out of range (1-65535)";
+        return false;
+    }
+    out.host = std::string(host);
+    out.port = static_cast<uint16_t>(value);
+    return true;
+}
+
+// ---- socket addresses ----------------------------------------------------
+
+struct SockAddr {
+    sockaddr_storage storage{};
+    socklen_t length = 0;
+
+    const sockaddr* get() const { return reinterpret_cast<const sockaddr*>(&storage); }
+    sockaddr* get() { return reinterpret_cast<sockaddr*>(&storage); }
+    int family() const { return storage.ss_family; }
+
+    uint16_t port() const {
+        if (family() == AF_INET) return ntohs(reinterpret_cast<const sockaddr_in*>(&storage)->sin_port);
+        if (family() == AF_INET6) return ntohs(reinterpret_cast<const sockaddr_in6*>(&storage)->sin6_port);
+        return 0;
+    }
+
+    // "127.0.0.1:80" or "[::1]:80"; IPv4-mapped IPv6 shown as plain IPv4.
+    std::string text() const {
+        char host[INET6_ADDRSTRLEN] = "?";
+        if (family() == AF_INET) {
+            inet_ntop(AF_INET, &reinterpret_cast<const sockaddr_in*>(&storage)->sin_addr, host, sizeof host);
+            return std::string(host) + ":" + std::to_string(port());
+        }
+        if (family() == AF_INET6) {
+            const auto* in6 = reinterpret_cast<const sockaddr_in6*>(&storage);
+            if (IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr)) {
+                inet_ntop(AF_INET, &in6->sin6_addr.s6_addr[12], host, sizeof host);
+                return std::string(host) + ":" + std::to_string(port());
+            }
+            inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof host);
+            return "[" + std::string(host) + "]:" + std::to_string(port());
+        }
+        return "?";
+    }
+};
+
+// Resolves with AF_UNSPEC (an IPv6-only lookup of "localhost" was seen to go
+// to DNS). passive: an empty host means all interfaces, IPv6 first so one
+// dual-stack socket serves both families, as Go's ":port" does.
+inline bool resolve(const HostPort& where, bool passive, std::vector<SockAddr>& out, std::string& error) {
+    out.clear();
+    addrinfo hints{};
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_NUMERICSERV | (passive ? AI_PASSIVE : 0);
+    std::string port = std::to_string(where.port);
+    addrinfo* list = nullptr;
+    int rc = getaddrinfo(where.host.empty() ? nullptr : where.host.c_str(), port.c_str(), &hints, &list);
+    if (rc != 0) {
+        error = "lookup " + (where.host.empty() ? std::string("(any)") : where.host) + ": " +
+                (rc == EAI_SYSTEM ? errno_text(errno) : std::string(gai_strerror(rc)));
+        return false;
+    }
+    for (addrinfo* ai = list; ai; ai = ai->ai_next) {
+        if (ai->ai_family != AF_INET && ai->ai_family != AF_INET6) continue;
+        SockAddr addr;
+        memcpy(&addr.storage, ai->ai_addr, ai->ai_addrlen);
+        addr.length = ai->ai_addrlen;
+        bool seen = false;
+        for (const SockAddr& have : out)
+            seen = seen || (have.length == addr.length && memcmp(&have.storage, &addr.storage, addr.length) == 0);
+        if (!seen) out.push_back(addr);
+    }
+    freeaddrinfo(list);
+    if (passive && where.host.empty()) {
+        // Prefer the IPv6 wildcard: with V6ONLY off it also takes IPv4.
+        std::stable_partition(out.begin(), out.end(), [](const SockAddr& a) { return a.family() == AF_INET6; });
+    }
+    if (out.empty()) {
+        error = "lookup " + where.host + ": no IPv4 or IPv6 address";
+        return false;
+    }
+    return true;
+}
+
+// ---- descriptor flags ----------------------------------------------------
+
+inline bool set_nonblock_cloexec(int fd) {
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0) return false;
+    int fdfl = fcntl(fd, F_GETFD);
+    return fdfl >= 0 && fcntl(fd, F_SETFD, fdfl | FD_CLOEXEC) == 0;
+}
+
+inline Fd new_socket(int family) {
+#ifdef MIXCTL_HAVE_ACCEPT4
+    return Fd(::socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+#else
+    Fd fd(::socket(family, SOCK_STREAM, 0));
+    if (fd && !set_nonblock_cloexec(fd.get())) fd.reset();
+    return fd;
+#endif
+}
+
+inline void set_int_option(int fd, int level, int name, int value) {
+    setsockopt(fd, level, name, &value, sizeof value);
+}
+
+// Relayed bytes go out at once, and a peer that vanished is noticed.
+inline void tune_stream(int fd) {
+    set_int_option(fd, IPPROTO_TCP, TCP_NODELAY, 1);
+    set_int_option(fd, SOL_SOCKET, SO_KEEPALIVE, 1);
+}
+
+// Makes the next close() send RST, so an abort on one side stays an abort
+// (not a clean end) on the other.
+inline void set_abortive_close(int fd) {
+    linger lg{};
+    lg.l_onoff = 1;
+    lg.l_linger = 0;
+    setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+}
+
+inline int pending_error(int fd) {
+    int err = 0;
+    socklen_t len = sizeof err;
+    if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0) return errno;
+    return err;
+}
+
+// ---- listening, accepting, dialing ---------------------------------------
+
+inline int listen_backlog() {
+    int backlog = SOMAXCONN;
+    if (FILE* f = fopen("/proc/sys/net/core/somaxconn", "re")) {
+        int value = 0;
+        if (fscanf(f, "%d", &value) == 1 && value > 0) backlog = value;
+        fclose(f);
+    }
+    return backlog;
+}
+
+// Binds and listens; on failure `error` names the call and the reason.
+inline Fd listen_on(const SockAddr& addr, int backlog, std::string& error) {
+    Fd fd = new_socket(addr.family());
+    if (!fd) {
+        error = "socket: " + errno_text(errno);
+        return Fd();
+    }
+    set_int_option(fd.get(), SOL_SOCKET, SO_REUSEADDR, 1);
+    if (addr.family() == AF_INET6) set_int_option(fd.get(), IPPROTO_IPV6, IPV6_V6ONLY, 0);
+    if (::bind(fd.get(), addr.get(), addr.length) < 0) {
+        error = "bind " + addr.text() + ": " + errno_text(errno);
+        return Fd();
+    }
+    if (::listen(fd.get(), backlog) < 0) {
+        error = "listen " + addr.text() + ": " + errno_text(errno);
+        return Fd();
+    }
+    return fd;
+}
+
+inline bool local_address(int fd, SockAddr& out) {
+    out.length = sizeof out.storage;
+    return getsockname(fd, out.get(), &out.length) == 0;
+}
+
+// Nonblocking, close-on-exec accept. Returns an invalid Fd and sets errno
+// when nothing was accepted.
+inline Fd accept_client(int listener, SockAddr& peer) {
+    peer.length = sizeof peer.storage;
+#ifdef MIXCTL_HAVE_ACCEPT4
+    return Fd(::accept4(listener, peer.get(), &peer.length, SOCK_NONBLOCK | SOCK_CLOEXEC));
+#else
+    Fd fd(::accept(listener, peer.get(), &peer.length));
+    if (fd && !set_nonblock_cloexec(fd.get())) fd.reset();
+    return fd;
+#endif
+}
+
+// Starts a nonblocking connect. Returns 0 when connected already,
+// EINPROGRESS when the result comes later (POLLOUT + pending_error), or the
+// errno of an immediate failure (the Fd is then invalid).
+inline int dial_start(const SockAddr& addr, Fd& out) {
+    out = new_socket(addr.family());
+    if (!out) return errno;
+    tune_stream(out.get());
+    if (::connect(out.get(), addr.get(), addr.length) == 0) return 0;
+    int err = errno;
+    if (err == EINPROGRESS || err == EINTR) return EINPROGRESS;
+    out.reset();
+    return err;
+}
+
+}  // namespace net

@@ -1,0 +1,601 @@
+// harness.hpp - drives the real mixctl binary against real servers on
+// loopback. Everything here is bounded in time: waits poll for a condition
+// with a deadline, sockets carry receive/send timeouts, and every process the
+// harness starts is killed by pid when its owner goes out of scope.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <csignal>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "net.hpp"
+
+namespace harness {
+
+using namespace std::chrono_literals;
+using Clock = std::chrono::steady_clock;
+using Ms = std::chrono::milliseconds;
+
+inline std::string mixctl_path() {
+    const char* env = getenv("MIXCTL");
+    return env && *env ? env : "./mixctl";
+}
+
+// Polls `done` until it holds or `limit` passes.
+inline bool wait_until(const std::function<bool()>& done, Ms limit = 5000ms) {
+    Clock::time_point end = Clock::now() + limit;
+    for (;;) {
+        if (done()) return true;
+        if (Clock::now() >= end) return false;
+        std::this_thread::sleep_for(5ms);
+    }
+}
+
+// ---- data with checksums ----------------------------------------------------
+
+inline std::string pattern(size_t size, uint64_t seed) {
+    std::string out(size, '\0');
+    uint64_t x = seed * 0x9E3779B97F4A7C15ULL + 1;
+    for (size_t i = 0; i < size; ++i) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out[i] = static_cast<char>(x);
+    }
+    return out;
+}
+
+// FNV-1a, 64 bit: cheap, and any lost, duplicated or reordered byte shows.
+class Checksum {
+public:
+    void add(const char* data, size_t size) {
+        for (size_t i = 0; i < size; ++i) {
+            value_ ^= static_cast<unsigned char>(data[i]);
+            value_ *= 0x100000001b3ULL;
+        }
+        bytes_ += size;
+    }
+    uint64_t value() const { return value_; }
+    uint64_t bytes() const { return bytes_; }
+
+private:
+    uint64_t value_ = 0xcbf29ce484222325ULL;
+    uint64_t bytes_ = 0;
+};
+
+inline uint64_t checksum(const std::string& data) {
+    Checksum c;
+    c.add(data.data(), data.size());
+    return c.value();
+}
+
+// ---- sockets ------------------------------------------------------------------
+
+inline void set_timeouts(int fd, Ms limit) {
+    timeval tv{};
+    tv.tv_sec = static_cast<time_t>(limit.count() / 1000);
+    tv.tv_usec = static_cast<suseconds_t>((limit.count() % 1000) * 1000);
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+}
+
+inline net::SockAddr loopback(uint16_t port, int family = AF_INET, const char* v4 = "127.0.0.1") {
+    net::SockAddr a;
+    if (family == AF_INET6) {
+        auto* in6 = reinterpret_cast<sockaddr_in6*>(&a.storage);
+        in6->sin6_family = AF_INET6;
+        in6->sin6_addr = in6addr_loopback;
+        in6->sin6_port = htons(port);
+        a.length = sizeof(sockaddr_in6);
+    } else {
+        auto* in = reinterpret_cast<sockaddr_in*>(&a.storage);
+        in->sin_family = AF_INET;
+        inet_pton(AF_INET, v4, &in->sin_addr);
+        in->sin_port = htons(port);
+        a.length = sizeof(sockaddr_in);
+    }
+    return a;
+}
+
+// A blocking client socket with timeouts; invalid Fd on failure.
+inline net::Fd dial(uint16_t port, int family = AF_INET, Ms limit = 5000ms, const char* source_v4 = nullptr) {
+    net::Fd fd(::socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    if (!fd) return fd;
+    set_timeouts(fd.get(), limit);
+    if (source_v4) {
+        net::SockAddr src = loopback(0, AF_INET, source_v4);
+        if (::bind(fd.get(), src.get(), src.length) < 0) return net::Fd();
+    }
+    net::SockAddr to = loopback(port, family);
+    if (::connect(fd.get(), to.get(), to.length) < 0) return net::Fd();
+    return fd;
+}
+
+inline bool send_all(int fd, const char* data, size_t size) {
+    while (size > 0) {
+        ssize_t n = ::send(fd, data, size, MSG_NOSIGNAL);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) return false;
+        data += n;
+        size -= static_cast<size_t>(n);
+    }
+    return true;
+}
+inline bool send_all(int fd, const std::string& data) { return send_all(fd, data.data(), data.size()); }
+
+// Reads until EOF (true), an error or the socket's timeout (false).
+inline bool read_to_eof(int fd, std::string& out, size_t limit = SIZE_MAX) {
+    char buf[65536];
+    for (;;) {
+        ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+        if (n == 0) return true;
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) return false;
+        if (out.size() + static_cast<size_t>(n) > limit) return false;
+        out.append(buf, static_cast<size_t>(n));
+    }
+}
+
+// Streams to EOF into a checksum, for transfers too big to keep.
+inline bool read_to_eof(int fd, Checksum& sum) {
+    std::unique_ptr<char[]> buf(new char[65536]);
+    for (;;) {
+        ssize_t n = ::recv(fd, buf.get(), 65536, 0);
+        if (n == 0) return true;
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) return false;
+        sum.add(buf.get(), static_cast<size_t>(n));
+    }
+}
+
+inline bool read_exact(int fd, std::string& out, size_t size) {
+    out.resize(size);
+    size_t got = 0;
+    while (got < size) {
+        ssize_t n = ::recv(fd, &out[got], size - got, 0);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) return false;
+        got += static_cast<size_t>(n);
+    }
+    return true;
+}
+
+// Sends `size` pattern bytes with the given seed, in chunks, keeping a checksum.
+inline bool send_pattern(int fd, uint64_t size, uint64_t seed, Checksum* sum = nullptr) {
+    const std::string chunk = pattern(1 << 20, seed);
+    uint64_t sent = 0;
+    while (sent < size) {
+        size_t n = static_cast<size_t>(std::min<uint64_t>(chunk.size(), size - sent));
+        if (sum) sum->add(chunk.data(), n);
+        if (!send_all(fd, chunk.data(), n)) return false;
+        sent += n;
+    }
+    return true;
+}
+
+// "true" when the peer reset the connection (read fails with ECONNRESET) or
+// closed it, within `limit`.
+inline bool closed_by_peer(int fd, Ms limit = 5000ms) {
+    pollfd p{fd, POLLIN, 0};
+    if (::poll(&p, 1, static_cast<int>(limit.count())) <= 0) return false;
+    char c;
+    ssize_t n = ::recv(fd, &c, 1, MSG_DONTWAIT);
+    return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK);
+}
+
+// ---- upstream servers ----------------------------------------------------------
+
+// A loopback TCP server: one thread accepts, one thread per connection runs
+// the handler. Counts connections so tests can tell where traffic went.
+class Server {
+public:
+    using Handler = std::function<void(int fd)>;
+
+    explicit Server(Handler handler, int family = AF_INET, uint16_t port = 0, int backlog = 128)
+        : handler_(std::move(handler)) {
+        listener_ = net::Fd(::socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0));
+        int one = 1;
+        setsockopt(listener_.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        net::SockAddr at = loopback(port, family);
+        if (::bind(listener_.get(), at.get(), at.length) < 0 || ::listen(listener_.get(), backlog) < 0) {
+            listener_.reset();
+            return;
+        }
+        net::SockAddr bound;
+        net::local_address(listener_.get(), bound);
+        port_ = bound.port();
+        acceptor_ = std::thread([this] { accept_loop(); });
+    }
+    ~Server() { stop(); }
+
+    bool ok() const { return port_ != 0; }
+    uint16_t port() const { return port_; }
+    std::string address() const { return (family() == AF_INET6 ? "[::1]:" : "127.0.0.1:") + std::to_string(port_); }
+    int accepted() const { return accepted_.load(); }
+    int active() const { return active_.load(); }
+
+    // Stops listening at once (new connects are refused) and waits for the
+    // handlers, which see their sockets shut down.
+    void stop() {
+        if (stopped_.exchange(true)) return;
+        ::shutdown(listener_.get(), SHUT_RDWR);
+        if (acceptor_.joinable()) acceptor_.join();
+        listener_.reset();
+        std::vector<std::thread> handlers;
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            for (int fd : open_) ::shutdown(fd, SHUT_RDWR);
+            handlers.swap(handlers_);
+        }
+        for (std::thread& t : handlers) t.join();
+    }
+
+private:
+    int family() const {
+        net::SockAddr a;
+        if (!listener_ || !net::local_address(listener_.get(), a)) return AF_INET;
+        return a.family();
+    }
+
+    void accept_loop() {
+        for (;;) {
+            int fd = ::accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC);
+            if (fd < 0) {
+                if (errno == EINTR || errno == ECONNABORTED) continue;
+                return;
+            }
+            set_timeouts(fd, 30000ms);
+            accepted_.fetch_add(1);
+            std::lock_guard<std::mutex> lock(mutex_);
+            open_.push_back(fd);
+            handlers_.emplace_back([this, fd] {
+                active_.fetch_add(1);
+                handler_(fd);
+                active_.fetch_sub(1);
+                std::lock_guard<std::mutex> inner(mutex_);
+                for (int& open : open_)
+                    if (open == fd) open = -1;
+                ::close(fd);
+            });
+        }
+    }
+
+    Handler handler_;
+    net::Fd listener_;
+    uint16_t port_ = 0;
+    std::thread acceptor_;
+    std::atomic<int> accepted_{0}, active_{0};
+    std::atomic<bool> stopped_{false};
+    std::mutex mutex_;
+    std::vector<int> open_;
+    std::vector<std::thread> handlers_;
+};
+
+// Echoes every byte, then ends its side when the client does.
+inline void echo(int fd) {
+    char buf[65536];
+    for (;;) {
+        ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+        if (n <= 0) break;
+        if (!send_all(fd, buf, static_cast<size_t>(n))) return;
+    }
+    ::shutdown(fd, SHUT_WR);
+}
+
+// Reads to EOF, then answers "<bytes> <checksum>\n": the reply only exists
+// if the request's end (a half-close) got through.
+inline void digest(int fd) {
+    Checksum sum;
+    if (!read_to_eof(fd, sum)) return;
+    char line[64];
+    int n = snprintf(line, sizeof line, "%llu %016llx\n", static_cast<unsigned long long>(sum.bytes()),
+                     static_cast<unsigned long long>(sum.value()));
+    send_all(fd, line, static_cast<size_t>(n));
+    ::shutdown(fd, SHUT_WR);
+}
+
+inline std::string digest_line(const std::string& data) {
+    char line[64];
+    snprintf(line, sizeof line, "%llu %016llx\n", static_cast<unsigned long long>(data.size()),
+             static_cast<unsigned long long>(checksum(data)));
+    return line;
+}
+
+// Says its name first (server-speaks-first, like SSH), then echoes.
+inline Server::Handler banner(std::string name) {
+    return [name](int fd) {
+        if (!send_all(fd, name + "\n")) return;
+        echo(fd);
+    };
+}
+
+// ---- the daemon ----------------------------------------------------------------
+
+class TempDir {
+public:
+    TempDir() {
+        char tmpl[] = "/tmp/mixctl-test-XXXXXX";
+        path_ = mkdtemp(tmpl) ? tmpl : "/tmp";
+    }
+    ~TempDir() {
+        if (path_ != "/tmp") {
+            std::string cmd = "rm -rf '" + path_ + "'";
+            int rc = system(cmd.c_str());
+            (void)rc;
+        }
+    }
+    const std::string& path() const { return path_; }
+    std::string write(const std::string& name, const std::string& text) const {
+        std::string file = path_ + "/" + name;
+        net::Fd fd(::open(file.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+        if (fd) {
+            ssize_t n = ::write(fd.get(), text.data(), text.size());
+            (void)n;
+        }
+        return file;
+    }
+
+private:
+    std::string path_;
+};
+
+struct Exit {
+    int code = -1;    // exit status, or -1
+    int signal = 0;   // killing signal, or 0
+    bool exited() const { return code >= 0 || signal != 0; }
+};
+
+inline Exit decode(int status) {
+    Exit e;
+    if (WIFEXITED(status)) e.code = WEXITSTATUS(status);
+    if (WIFSIGNALED(status)) e.signal = WTERMSIG(status);
+    return e;
+}
+
+// Runs mixctl to completion (for -h, -check, bad flags); stdout and stderr
+// are captured separately.
+struct RunResult {
+    Exit exit;
+    std::string out, err;
+};
+
+inline std::string drain_fd(int fd) {
+    std::string text;
+    char buf[4096];
+    ssize_t n;
+    while ((n = ::read(fd, buf, sizeof buf)) > 0) text.append(buf, static_cast<size_t>(n));
+    return text;
+}
+
+inline RunResult run(const std::vector<std::string>& args, Ms limit = 10000ms) {
+    RunResult result;
+    TempDir dir;
+    std::string out_file = dir.path() + "/out", err_file = dir.path() + "/err";
+    pid_t pid = fork();
+    if (pid == 0) {
+        int out = ::open(out_file.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        int err = ::open(err_file.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        dup2(out, 1);
+        dup2(err, 2);
+        std::vector<std::string> all{mixctl_path()};
+        all.insert(all.end(), args.begin(), args.end());
+        std::vector<char*> argv;
+        for (std::string& a : all) argv.push_back(&a[0]);
+        argv.push_back(nullptr);
+        execv(argv[0], argv.data());
+        _exit(127);
+    }
+    int status = 0;
+    bool done = wait_until([&] { return waitpid(pid, &status, WNOHANG) == pid; }, limit);
+    if (!done) {
+        kill(pid, SIGKILL);
+        waitpid(pid, &status, 0);
+    }
+    result.exit = decode(status);
+    net::Fd o(::open(out_file.c_str(), O_RDONLY)), e(::open(err_file.c_str(), O_RDONLY));
+    result.out = drain_fd(o.get());
+    result.err = drain_fd(e.get());
+    return result;
+}
+
+inline int fd_count(pid_t pid) {
+    std::string path = "/proc/" + std::to_string(pid) + "/fd";
+    DIR* dir = opendir(path.c_str());
+    if (!dir) return -1;
+    int n = 0;
+    while (dirent* e = readdir(dir))
+        if (e->d_name[0] != '.') ++n;
+    closedir(dir);
+    return n - 1;  // the DIR's own descriptor is not ours to count
+}
+
+// Direct children of pid (the workers of a mixctl parent).
+inline std::vector<pid_t> children(pid_t pid) {
+    std::vector<pid_t> out;
+    std::string path = "/proc/" + std::to_string(pid) + "/task/" + std::to_string(pid) + "/children";
+    net::Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+    if (!fd) return out;
+    std::string text = drain_fd(fd.get());
+    size_t i = 0;
+    while (i < text.size()) {
+        size_t end = text.find(' ', i);
+        if (end == std::string::npos) end = text.size();
+        if (end > i) out.push_back(static_cast<pid_t>(atoi(text.substr(i, end - i).c_str())));
+        i = end + 1;
+    }
+    return out;
+}
+
+// CPU time (user + system) of one process, in clock ticks.
+inline long cpu_ticks(pid_t pid) {
+    std::string path = "/proc/" + std::to_string(pid) + "/stat";
+    net::Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+    if (!fd) return -1;
+    std::string text = drain_fd(fd.get());
+    size_t paren = text.rfind(')');
+    if (paren == std::string::npos) return -1;
+    // Fields after ") ": state is field 3; utime and stime are 14 and 15.
+    const char* p = text.c_str() + paren + 2;
+    long utime = 0, stime = 0;
+    int field = 3;
+    while (*p && field < 14) {
+        if (*p++ == ' ') ++field;
+    }
+    if (sscanf(p, "%ld %ld", &utime, &stime) != 2) return -1;
+    return utime + stime;
+}
+
+inline long rss_kib(pid_t pid) {
+    std::string path = "/proc/" + std::to_string(pid) + "/status";
+    net::Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+    if (!fd) return -1;
+    std::string text = drain_fd(fd.get());
+    size_t at = text.find("VmRSS:");
+    return at == std::string::npos ? -1 : atol(text.c_str() + at + 6);
+}
+
+// A running mixctl with a generated rules file. Its stderr is collected by a
+// thread; the process group is killed when the Daemon goes away.
+class Daemon {
+public:
+    Daemon(const std::string& rules_yaml, std::vector<std::string> args = {"-w", "1"},
+           std::function<void()> in_child = nullptr) {
+        file_ = dir_.write("rules.yaml", rules_yaml);
+        int pipe_ends[2];
+        if (::pipe2(pipe_ends, O_CLOEXEC) < 0) return;
+        pid_ = fork();
+        if (pid_ == 0) {
+            setpgid(0, 0);
+            dup2(pipe_ends[1], 2);
+            dup2(pipe_ends[1], 1);
+            if (in_child) in_child();
+            std::vector<std::string> all{mixctl_path(), "-f", file_};
+            all.insert(all.end(), args.begin(), args.end());
+            std::vector<char*> argv;
+            for (std::string& a : all) argv.push_back(&a[0]);
+            argv.push_back(nullptr);
+            execv(argv[0], argv.data());
+            _exit(127);
+        }
+        setpgid(pid_, pid_);
+        ::close(pipe_ends[1]);
+        log_fd_.reset(pipe_ends[0]);
+        reader_ = std::thread([this] { collect(); });
+    }
+
+    ~Daemon() {
+        if (pid_ > 0 && !exit_.exited()) {
+            kill(-pid_, SIGKILL);
+            kill(pid_, SIGKILL);
+            int status;
+            waitpid(pid_, &status, 0);
+        }
+        if (reader_.joinable()) reader_.join();
+    }
+
+    pid_t pid() const { return pid_; }
+    const std::string& file() const { return file_; }
+    const TempDir& dir() const { return dir_; }
+
+    std::string log() const {
+        std::lock_guard<std::mutex> lock(mutex_);
+        return log_;
+    }
+
+    size_t count(const std::string& needle) const {
+        std::string text = log();
+        size_t n = 0;
+        for (size_t at = text.find(needle); at != std::string::npos; at = text.find(needle, at + 1)) ++n;
+        return n;
+    }
+
+    bool wait_log(const std::string& needle, Ms limit = 5000ms, size_t times = 1) const {
+        return wait_until([&] { return count(needle) >= times; }, limit);
+    }
+
+    // Waits for the "Forwarding (name) from: ADDR to:" line and returns the
+    // port actually bound (rules may ask for port 0). 0 if it never came.
+    uint16_t port(const std::string& rule_name, Ms limit = 5000ms) const {
+        std::string needle = "Forwarding (" + rule_name + ") from: ";
+        if (!wait_log(needle, limit)) return 0;
+        std::string text = log();
+        size_t at = text.find(needle) + needle.size();
+        size_t end = text.find(" to:", at);
+        size_t colon = text.rfind(':', end);
+        return static_cast<uint16_t>(atoi(text.substr(colon + 1, end - colon - 1).c_str()));
+    }
+
+    // Waits until `n` workers run; returns them.
+    std::vector<pid_t> workers(size_t n, Ms limit = 5000ms) const {
+        std::vector<pid_t> found;
+        wait_until([&] { return (found = children(pid_)).size() == n; }, limit);
+        return found;
+    }
+
+    void signal(int number) const { kill(pid_, number); }
+
+    Exit wait_exit(Ms limit = 10000ms) {
+        if (exit_.exited()) return exit_;
+        int status = 0;
+        if (wait_until([&] { return waitpid(pid_, &status, WNOHANG) == pid_; }, limit)) exit_ = decode(status);
+        return exit_;
+    }
+
+private:
+    void collect() {
+        char buf[4096];
+        for (;;) {
+            ssize_t n = ::read(log_fd_.get(), buf, sizeof buf);
+            if (n < 0 && errno == EINTR) continue;
+            if (n <= 0) return;
+            std::lock_guard<std::mutex> lock(mutex_);
+            log_.append(buf, static_cast<size_t>(n));
+        }
+    }
+
+    TempDir dir_;
+    std::string file_;
+    pid_t pid_ = -1;
+    Exit exit_;
+    net::Fd log_fd_;
+    std::thread reader_;
+    mutable std::mutex mutex_;
+    std::string log_;
+};
+
+// One rule, in the Go tool's block style.
+inline std::string rule_yaml(const std::string& name, const std::string& from,
+                             const std::vector<std::string>& to) {
+    std::string text = "- name: " + name + "\n  from: \"" + from + "\"\n  to:\n";
+    for (const std::string& t : to) text += "    - \"" + t + "\"\n";
+    return text;
+}
+
+inline std::string rules_yaml(const std::vector<std::string>& rules) {
+    std::string text = "version: 0.1\nrules:\n";
+    for (const std::string& r : rules) text += r;
+    return text;
+}
+
+}  // namespace harness

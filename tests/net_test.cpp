@@ -1,0 +1,158 @@
+// Sockets and addresses: host:port syntax, resolution, listen and dial.
+#include <catch2/catch.hpp>
+
+#include <poll.h>
+
+#include "net.hpp"
+
+TEST_CASE("host:port forms parse to host and port", "[net]") {
+    struct Case {
+        const char* text;
+        const char* host;
+        uint16_t port;
+    };
+    const Case cases[] = {
+        {"127.0.0.1:22", "127.0.0.1", 22},   {"localhost:6443", "localhost", 6443},
+        {"[::1]:8080", "::1", 8080},         {"[::]:80", "::", 80},
+        {":7000", "", 7000},                 {"0.0.0.0:65535", "0.0.0.0", 65535},
+        {"[fe80::1%lo]:1", "fe80::1%lo", 1}, {"my-host.example:1", "my-host.example", 1},
+    };
+    for (const Case& c : cases) {
+        INFO(c.text);
+        net::HostPort hp;
+        std::string error;
+        REQUIRE(net::parse_host_port(c.text, false, hp, error));
+        CHECK(hp.host == c.host);
+        CHECK(hp.port == c.port);
+    }
+}
+
+TEST_CASE("bad addresses are refused with the reason", "[net]") {
+    struct Case {
+        const char* text;
+        const char* message;
+    };
+    const Case cases[] = {
+        {"127.0.0.1", "missing port"},
+        {"127.0.0.1:", "missing port"},
+        {"::1:22", "too many colons in address: write IPv6 addresses in brackets, e.g. [::1]:22"},
+        {"[::1]", "missing port"},
+        {"[::1:22", "missing ']'"},
+        {"[127.0.0.1]:22", "brackets are only for IPv6"},
+        {"host:0", "port 0 out of range"},
+        {"host:65536", "port 65536 out of range"},
+        {"host:99999999999", "invalid port"},
+        {"host:-1", "invalid port"},
+        {"host:22a", "invalid port"},
+        {"ho st:22", "invalid host"},
+    };
+    for (const Case& c : cases) {
+        INFO(c.text);
+        net::HostPort hp;
+        std::string error;
+        CHECK_FALSE(net::parse_host_port(c.text, false, hp, error));
+        CHECK(error.find(c.message) != std::string::npos);
+    }
+}
+
+TEST_CASE("port 0 is allowed only where asked for", "[net]") {
+    net::HostPort hp;
+    std::string error;
+    CHECK(net::parse_host_port("127.0.0.1:0", true, hp, error));
+    CHECK_FALSE(net::parse_host_port("127.0.0.1:0", false, hp, error));
+}
+
+TEST_CASE("addresses print as Go prints them", "[net]") {
+    net::HostPort hp;
+    std::string error;
+    REQUIRE(net::parse_host_port("[::1]:22", false, hp, error));
+    CHECK(hp.text() == "[::1]:22");
+    std::vector<net::SockAddr> addrs;
+    REQUIRE(net::resolve(hp, false, addrs, error));
+    REQUIRE(addrs.size() == 1);
+    CHECK(addrs[0].text() == "[::1]:22");
+    REQUIRE(net::parse_host_port("127.0.0.1:80", false, hp, error));
+    REQUIRE(net::resolve(hp, false, addrs, error));
+    CHECK(addrs[0].text() == "127.0.0.1:80");
+}
+
+TEST_CASE("localhost resolves to loopback addresses of either family", "[net]") {
+    net::HostPort hp{"localhost", 22};
+    std::vector<net::SockAddr> addrs;
+    std::string error;
+    REQUIRE(net::resolve(hp, false, addrs, error));
+    for (const net::SockAddr& a : addrs) {
+        INFO(a.text());
+        CHECK((a.text() == "127.0.0.1:22" || a.text() == "[::1]:22"));
+    }
+}
+
+TEST_CASE("an empty host listens on the IPv6 wildcard first", "[net]") {
+    net::HostPort hp{"", 8080};
+    std::vector<net::SockAddr> addrs;
+    std::string error;
+    REQUIRE(net::resolve(hp, true, addrs, error));
+    REQUIRE_FALSE(addrs.empty());
+    // On a host without IPv6, the IPv4 wildcard is all there is.
+    CHECK((addrs[0].text() == "[::]:8080" || addrs[0].text() == "0.0.0.0:8080"));
+}
+
+TEST_CASE("listen, nonblocking dial and accept work on loopback", "[net]") {
+    net::HostPort hp{"127.0.0.1", 0};
+    std::vector<net::SockAddr> addrs;
+    std::string error;
+    REQUIRE(net::resolve(hp, true, addrs, error));
+    net::Fd listener = net::listen_on(addrs[0], 16, error);
+    REQUIRE(listener);
+    net::SockAddr bound;
+    REQUIRE(net::local_address(listener.get(), bound));
+    CHECK(bound.port() != 0);
+
+    net::Fd client;
+    int rc = net::dial_start(bound, client);
+    REQUIRE((rc == 0 || rc == EINPROGRESS));
+    pollfd p{client.get(), POLLOUT, 0};
+    REQUIRE(::poll(&p, 1, 5000) == 1);
+    CHECK(net::pending_error(client.get()) == 0);
+
+    pollfd l{listener.get(), POLLIN, 0};
+    REQUIRE(::poll(&l, 1, 5000) == 1);
+    net::SockAddr peer;
+    net::Fd accepted = net::accept_client(listener.get(), peer);
+    REQUIRE(accepted);
+    CHECK(peer.text().rfind("127.0.0.1:", 0) == 0);
+}
+
+TEST_CASE("dialing a closed port reports connection refused", "[net]") {
+    net::HostPort hp{"127.0.0.1", 0};
+    std::vector<net::SockAddr> addrs;
+    std::string error;
+    REQUIRE(net::resolve(hp, true, addrs, error));
+    net::SockAddr closed;
+    {
+        net::Fd listener = net::listen_on(addrs[0], 16, error);
+        REQUIRE(net::local_address(listener.get(), closed));
+    }  // closed again: nothing listens on that port now
+    net::Fd client;
+    int rc = net::dial_start(closed, client);
+    if (rc == EINPROGRESS) {
+        pollfd p{client.get(), POLLOUT, 0};
+        REQUIRE(::poll(&p, 1, 5000) == 1);
+        rc = net::pending_error(client.get());
+    }
+    CHECK(rc == ECONNREFUSED);
+    CHECK(net::errno_text(rc) == "connection refused");
+}
+
+TEST_CASE("binding a port in use names the address and the reason", "[net]") {
+    net::HostPort hp{"127.0.0.1", 0};
+    std::vector<net::SockAddr> addrs;
+    std::string error;
+    REQUIRE(net::resolve(hp, true, addrs, error));
+    net::Fd first = net::listen_on(addrs[0], 16, error);
+    net::SockAddr bound;
+    REQUIRE(net::local_address(first.get(), bound));
+    net::Fd second = net::listen_on(bound, 16, error);
+    CHECK_FALSE(second);
+    CHECK(error == "bind " + bound.text() + ": address already in use");
+}
