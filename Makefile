@@ -1,12 +1,23 @@
-# mixctl - a small pre-fork TCP load balancer. `make`, `make test`, `make static`,
-# `make install PREFIX=/usr DESTDIR=pkg`. CXX, CXXFLAGS and LDFLAGS are yours to
-# override (cross builds: make static CXX=aarch64-linux-gnu-g++).
+# mixctl - a small pre-fork TCP load balancer.
+#   make                 $(O)/mixctl, dynamically linked, -O2
+#   make static          $(O)/mixctl, fully static and stripped, -Os unless CXXFLAGS is given
+#   make static CXX=aarch64-linux-gnu-g++ O=build/aarch64     cross build: build/aarch64/mixctl
+#   make test            unit and integration tests (Catch2)
+#   make test-embedded   BusyBox chroot, OpenWrt init, systemd unit, install, aarch64 under qemu
+#   make test-cross ARCH=aarch64|arm|mipsel     make test-busybox
+#   make install PREFIX=/usr DESTDIR=pkg
+# CXX, CXXFLAGS, LDFLAGS, PREFIX, DESTDIR and O (output folder, default .) are
+# honoured. $(O)/.mixctl.flags records how $(O)/mixctl was built, so switching
+# between `make` and `make static`, or changing CXX or the flags, rebuilds it.
 VERSION  := 0.1.0
 CXX      ?= g++
 CXXFLAGS ?= -O2
 LDFLAGS  ?=
 PREFIX   ?= /usr/local
 DESTDIR  ?=
+MANDIR   ?= $(PREFIX)/share/man
+O        ?= .
+ARCH     ?= aarch64
 WARN     := -std=c++17 -Wall -Wextra -Werror
 DEFS     := -DMIXCTL_VERSION='"$(VERSION)"'
 ifdef POSIX_ONLY
@@ -16,15 +27,28 @@ HEADERS  := $(wildcard *.hpp)
 CATCH    := /usr/include/catch2/catch.hpp
 TESTS    := $(patsubst %.cpp,%.o,$(wildcard tests/*_test.cpp))
 SLIM     := -ffunction-sections -fdata-sections -Wl,--gc-sections
+BIN      := $(O)/mixctl
+# The static build optimises for size, unless CXXFLAGS is given.
+STATIC_OPT = $(if $(filter file,$(origin CXXFLAGS)),-Os,$(CXXFLAGS))
+BUILD    = $(WARN) $(if $(STATIC),$(STATIC_OPT) $(SLIM) -static -s,$(CXXFLAGS)) $(DEFS)
 
-mixctl: mixctl.cpp $(HEADERS)
-	$(CXX) $(WARN) $(CXXFLAGS) $(DEFS) -o $@ mixctl.cpp $(LDFLAGS)
+all: $(BIN)
 
-static: mixctl.cpp $(HEADERS)
-	$(CXX) $(WARN) $(CXXFLAGS) $(DEFS) $(SLIM) -static -s -o mixctl mixctl.cpp $(LDFLAGS)
+$(BIN): mixctl.cpp $(HEADERS) $(O)/.mixctl.flags
+	$(CXX) $(BUILD) -o $@ mixctl.cpp $(LDFLAGS)
 
-test: mixctl tests/unit
-	tests/unit $(TEST_ARGS)
+# Rewritten only when the compiler or the flags change (quotes dropped: it
+# is a fingerprint, not a command).
+$(O)/.mixctl.flags: FORCE
+	@mkdir -p $(O)
+	@printf '%s\n' '$(subst ',,$(CXX) $(BUILD) $(LDFLAGS))' > $@.new; \
+	if cmp -s $@.new $@; then rm -f $@.new; else mv -f $@.new $@; fi
+
+static: STATIC := 1
+static: $(BIN)
+
+test: $(BIN) tests/unit
+	MIXCTL=$(BIN) tests/unit $(TEST_ARGS)
 
 tests/unit: tests/catch_main.o $(TESTS)
 	$(CXX) $(CXXFLAGS) -o $@ $^ $(LDFLAGS) -pthread
@@ -44,12 +68,43 @@ $(CATCH):
 	    echo "Catch2 is missing: run  sudo apt-get install -y catch2  and then make test again"; exit 1; \
 	fi
 
-install: mixctl
-	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/mixctl
-	install -m 755 mixctl $(DESTDIR)$(PREFIX)/bin/mixctl
+# Installs the mixctl that `make` or `make static` built last (running
+# `make` first when there is none), with only what BusyBox install offers.
+install:
+	@test -f $(BIN) || $(MAKE) $(BIN)
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(PREFIX)/share/mixctl
+	install -m 755 $(BIN) $(DESTDIR)$(PREFIX)/bin/mixctl
+	install -m 644 mixctl.8 $(DESTDIR)$(MANDIR)/man8/mixctl.8
 	install -m 644 rules.example.yaml $(DESTDIR)$(PREFIX)/share/mixctl/rules.example.yaml
 
-clean:
-	rm -f mixctl tests/unit tests/*.o
+# The shell tests (tests/*.sh): each installs its Debian packages when run
+# as root and skips, saying what is missing, otherwise.
+test-embedded:
+	tests/embedded.sh $(ARCH)
 
-.PHONY: static test install clean
+test-cross:
+	tests/cross.sh $(ARCH)
+
+test-busybox:
+	tests/busybox.sh
+
+test-openwrt:
+	tests/openwrt_init.sh
+
+test-install:
+	tests/install.sh
+
+test-systemd:
+	tests/systemd_unit.sh
+
+bench: mixctl
+	python3 bench/run.py $(BENCH_ARGS)
+
+clean:
+	rm -f $(BIN) $(O)/.mixctl.flags tests/unit tests/*.o
+	rm -rf build
+
+FORCE:
+
+.PHONY: all static test install clean bench FORCE test-embedded test-cross test-busybox test-openwrt \
+	test-install test-systemd

@@ -3,8 +3,11 @@
 // Every worker polls the shared listeners, and the kernel wakes them LIFO:
 // left alone, one worker takes most connections (measured 142/56/1/1 over
 // four). So each worker publishes how many connections it has accepted, and
-// one that is ahead of the slowest live worker by more than `slack` stops
-// polling the listeners until the others catch up. A worker that stalls
+// one that is ahead of the slowest live worker by more than `lead` stops
+// polling the listeners until the others catch up (it looks again every
+// recheck_every_ms). The lead is wide enough that in a burst all workers
+// accept at full speed, and narrow enough that sequential connections still
+// rotate through every worker. A worker that stalls
 // stops publishing its heartbeat and drops out of the comparison after
 // `stale_after`, so it can never strand connections in the backlog.
 //
@@ -29,7 +32,8 @@ struct WorkerSlot {
 
 class Board {
 public:
-    static constexpr uint64_t slack = 1;
+    static constexpr uint64_t lead = 32;
+    static constexpr int recheck_every_ms = 5;
     static constexpr int64_t stale_after_ms = 1000;
     // A worker must publish a heartbeat at least this often to count as live.
     static constexpr int heartbeat_every_ms = 250;
@@ -75,7 +79,7 @@ public:
             if (i == worker) continue;
             const WorkerSlot& other = slots_[i];
             if (now_ms - other.heartbeat_ms.load(std::memory_order_relaxed) > stale_after_ms) continue;
-            if (mine > other.accepted.load(std::memory_order_relaxed) + slack) return false;
+            if (mine > other.accepted.load(std::memory_order_relaxed) + lead) return false;
         }
         return true;
     }

@@ -13,15 +13,50 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include "flags.hpp"
 #include "net.hpp"
 #include "yaml_lite.hpp"
 
 namespace config {
 
+using Duration = flags::Duration;
+
+enum class Strategy { random, round_robin, least_conn, source_hash };
+
+inline const char* strategy_name(Strategy s) {
+    switch (s) {
+        case Strategy::random: return "random";
+        case Strategy::round_robin: return "round-robin";
+        case Strategy::least_conn: return "least-conn";
+        case Strategy::source_hash: return "source-hash";
+    }
+    return "?";
+}
+
+struct HealthCheck {
+    bool enabled = false;
+    Duration interval = std::chrono::seconds(5);
+    Duration timeout = std::chrono::seconds(1);
+    int rise = 2;
+    int fall = 3;
+};
+
+// How a rule picks and judges its upstreams. Set per rule, or once under
+// `defaults:`; a rule's own key wins.
+struct Policy {
+    Strategy strategy = Strategy::random;
+    int max_fails = 1;
+    Duration fail_timeout = std::chrono::seconds(10);
+    HealthCheck health;
+    Duration resolve_interval = std::chrono::seconds(30);
+};
+
 struct Upstream {
     std::string text;     // as written, for logs
     net::HostPort where;
     int line = 0;
+    int weight = 1;
+    bool backup = false;  // gets traffic only while no primary is up
 };
 
 struct Rule {
@@ -31,6 +66,7 @@ struct Rule {
     int line = 0;         // where the rule starts
     int from_line = 0;
     std::vector<Upstream> to;
+    Policy policy;
 };
 
 struct Config {
@@ -64,6 +100,7 @@ public:
         const yaml_lite::Node* rules = nullptr;
         for (const yaml_lite::Entry& entry : root.entries) {
             if (entry.key == "rules") rules = &entry.value;
+            else if (entry.key == "defaults") parse_defaults(entry.value);
             else if (entry.key != "version") warn(entry.line, "unknown key \"" + entry.key + "\" ignored");
         }
         if (!rules) {
@@ -100,6 +137,7 @@ private:
         }
         size_t errors_before = diag_.errors.size();
         rule.line = node.line;
+        rule.policy = defaults_;
         const yaml_lite::Node* name = nullptr;
         const yaml_lite::Node* from = nullptr;
         const yaml_lite::Node* to = nullptr;
@@ -107,7 +145,7 @@ private:
             if (entry.key == "name") name = &entry.value;
             else if (entry.key == "from") from = &entry.value;
             else if (entry.key == "to") to = &entry.value;
-            else warn(entry.line, "unknown key \"" + entry.key + "\" ignored");
+            else if (!policy_key(entry, rule.policy)) warn(entry.line, "unknown key \"" + entry.key + "\" ignored");
         }
         if (!from) error(node.line, "rule: missing \"from:\"");
         else parse_from(*from, rule);
@@ -152,11 +190,35 @@ private:
     }
 
     void add_upstream(const yaml_lite::Node& node, Rule& rule) {
+        if (node.kind == yaml_lite::Kind::Mapping) {
+            add_upstream_mapping(node, rule);
+            return;
+        }
         if (node.kind != yaml_lite::Kind::Scalar || node.scalar.empty()) {
             error(node.line, "to: each upstream must be an address like 127.0.0.1:8080");
             return;
         }
+        add_upstream_address(node, rule, Upstream());
+    }
+
+    // - {address: 10.0.0.5:6443, weight: 3, backup: true}
+    void add_upstream_mapping(const yaml_lite::Node& node, Rule& rule) {
         Upstream upstream;
+        const yaml_lite::Node* address = nullptr;
+        for (const yaml_lite::Entry& entry : node.entries) {
+            if (entry.key == "address") address = &entry.value;
+            else if (entry.key == "weight") read_int(entry, 1, 1000000, upstream.weight);
+            else if (entry.key == "backup") read_bool(entry, upstream.backup);
+            else warn(entry.line, "unknown key \"" + entry.key + "\" ignored");
+        }
+        if (!address || address->kind != yaml_lite::Kind::Scalar || address->scalar.empty()) {
+            error(node.line, "to: an upstream mapping needs \"address: host:port\"");
+            return;
+        }
+        add_upstream_address(*address, rule, upstream);
+    }
+
+    void add_upstream_address(const yaml_lite::Node& node, Rule& rule, Upstream upstream) {
         std::string why;
         if (!net::parse_host_port(node.scalar, false, upstream.where, why)) {
             error(node.line, "to: \"" + node.scalar + "\": " + why);
@@ -169,6 +231,97 @@ private:
         upstream.text = node.scalar;
         upstream.line = node.line;
         rule.to.push_back(std::move(upstream));
+    }
+
+    void parse_defaults(const yaml_lite::Node& node) {
+        if (node.kind != yaml_lite::Kind::Mapping) {
+            error(node.line, "defaults: must be a mapping of rule settings");
+            return;
+        }
+        for (const yaml_lite::Entry& entry : node.entries)
+            if (!policy_key(entry, defaults_)) warn(entry.line, "unknown key \"" + entry.key + "\" ignored");
+    }
+
+    // Returns false for keys that are not policy settings.
+    bool policy_key(const yaml_lite::Entry& entry, Policy& policy) {
+        const std::string& key = entry.key;
+        if (key == "strategy") read_strategy(entry, policy.strategy);
+        else if (key == "max_fails") read_int(entry, 1, 1000000, policy.max_fails);
+        else if (key == "fail_timeout") read_duration(entry, false, policy.fail_timeout);
+        else if (key == "resolve_interval") read_duration(entry, false, policy.resolve_interval);
+        else if (key == "health_check") read_health(entry.value, policy.health);
+        else return false;
+        return true;
+    }
+
+    void read_strategy(const yaml_lite::Entry& entry, Strategy& out) {
+        static const Strategy all[] = {Strategy::random, Strategy::round_robin, Strategy::least_conn,
+                                       Strategy::source_hash};
+        if (entry.value.kind == yaml_lite::Kind::Scalar)
+            for (Strategy s : all)
+                if (entry.value.scalar == strategy_name(s)) {
+                    out = s;
+                    return;
+                }
+        error(entry.value.line, "strategy: unknown strategy \"" + entry.value.scalar +
+                                    "\" (want random, round-robin, least-conn or source-hash)");
+    }
+
+    void read_int(const yaml_lite::Entry& entry, int low, int high, int& out) {
+        const yaml_lite::Node& v = entry.value;
+        long long value = 0;
+        bool digits = v.kind == yaml_lite::Kind::Scalar && !v.scalar.empty() && v.scalar.size() < 12;
+        for (size_t i = 0; digits && i < v.scalar.size(); ++i) {
+            char c = v.scalar[i];
+            if (i == 0 && c == '-' && v.scalar.size() > 1) continue;
+            digits = c >= '0' && c <= '9';
+        }
+        if (digits) value = std::stoll(v.scalar);
+        if (!digits || value < low || value > high) {
+            error(v.line, entry.key + ": \"" + v.scalar + "\" must be a whole number from " + std::to_string(low) +
+                              " to " + std::to_string(high));
+            return;
+        }
+        out = static_cast<int>(value);
+    }
+
+    void read_bool(const yaml_lite::Entry& entry, bool& out) {
+        const std::string& t = entry.value.scalar;
+        if (entry.value.kind == yaml_lite::Kind::Scalar && (t == "true" || t == "false")) {
+            out = t == "true";
+            return;
+        }
+        error(entry.value.line, entry.key + ": \"" + t + "\" must be true or false");
+    }
+
+    void read_duration(const yaml_lite::Entry& entry, bool zero_ok, Duration& out) {
+        const yaml_lite::Node& v = entry.value;
+        Duration d{};
+        std::string why;
+        if (v.kind != yaml_lite::Kind::Scalar || !flags::parse_duration(v.scalar, d, why)) {
+            error(v.line, entry.key + ": \"" + v.scalar + "\" is not a duration like 500ms, 10s or 1m");
+            return;
+        }
+        if (d.count() < 0 || (!zero_ok && d.count() == 0)) {
+            error(v.line, entry.key + ": \"" + v.scalar + "\" must be " + (zero_ok ? "0 or more" : "more than 0"));
+            return;
+        }
+        out = d;
+    }
+
+    void read_health(const yaml_lite::Node& node, HealthCheck& health) {
+        if (node.kind != yaml_lite::Kind::Mapping) {
+            error(node.line, "health_check: must be a mapping like {interval: 5s, timeout: 1s, rise: 2, fall: 3}");
+            return;
+        }
+        health.enabled = true;
+        for (const yaml_lite::Entry& entry : node.entries) {
+            if (entry.key == "interval") read_duration(entry, false, health.interval);
+            else if (entry.key == "timeout") read_duration(entry, false, health.timeout);
+            else if (entry.key == "rise") read_int(entry, 1, 1000, health.rise);
+            else if (entry.key == "fall") read_int(entry, 1, 1000, health.fall);
+            else warn(entry.line, "unknown key \"" + entry.key + "\" ignored");
+        }
     }
 
     // Two rules on one address would fail at bind time with a vaguer message.
@@ -200,6 +353,7 @@ private:
 
     const std::string& file_;
     Diagnostics& diag_;
+    Policy defaults_;
 };
 
 }  // namespace detail

@@ -382,6 +382,7 @@ inline const std::vector<FlagSpec>& flag_specs() {
             {"V", Kind::Bool, "print the version and exit (same as -version)"},
             {"grace", Kind::Duration,
              "on SIGTERM/SIGINT, time live connections get to finish"},
+            {"syslog", Kind::Bool, "log to syslog(3) (facility daemon, ident mixctl) instead of stderr"},
         };
         std::sort(v.begin(), v.end(), [](const FlagSpec& a, const FlagSpec& b) {
             return std::string_view(a.name) < std::string_view(b.name);
@@ -537,6 +538,7 @@ struct Options {
     bool check = false;                 // -check
     bool version = false;               // -version and -V (both set this)
     Duration grace = std::chrono::seconds(10);  // -grace
+    bool syslog = false;                // -syslog
     std::vector<std::string> args;      // positional arguments left after parsing stops
 };
 
@@ -606,6 +608,8 @@ inline void set_bool(std::string_view name, bool value, Options& options) {
         options.verbose = value;
     } else if (name == "check") {
         options.check = value;
+    } else if (name == "syslog") {
+        options.syslog = value;
     } else {  // "version", "V"
         options.version = value;
     }
@@ -621,7 +625,10 @@ inline std::string default_text(const FlagSpec& spec, const Options& defaults) {
         return d.count() == 0 ? std::string() : format_duration(d);
     }
     if (name == "w") return defaults.workers == 0 ? std::string() : std::to_string(defaults.workers);
-    bool b = name == "v" ? defaults.verbose : name == "check" ? defaults.check : defaults.version;
+    bool b = name == "v"        ? defaults.verbose
+             : name == "check"  ? defaults.check
+             : name == "syslog" ? defaults.syslog
+                                : defaults.version;
     return b ? "true" : "";
 }
 

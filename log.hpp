@@ -1,24 +1,36 @@
-// log.hpp - log lines in the Go `log` package's shape, one write(2) per line.
+// log.hpp - log lines in the Go `log` package's shape, one write(2) per line,
+// or, with -syslog, one syslog(3) message per line.
 //
 // Every process (parent and workers) writes to the same stderr; a single
 // write() of a line shorter than PIPE_BUF is never interleaved with another
 // process's line, and nothing is buffered, so procd/systemd see each line
 // as it happens.
+//
+// In syslog mode (facility LOG_DAEMON, ident "mixctl", LOG_PID) the
+// timestamp is left to syslogd; lines starting with "error" or holding
+// ": error" go out at LOG_ERR, lines holding "warning:" at LOG_WARNING, the
+// rest at LOG_INFO. glibc's syslog() reads the pid at each call, so a
+// worker's lines carry the worker's pid.
 #pragma once
 
 #include <cstdarg>
 #include <cstdio>
+#include <cstring>
 #include <ctime>
+#include <syslog.h>
 #include <unistd.h>
 
 namespace mixlog {
 
 class Logger {
 public:
-    explicit Logger(bool verbose = true) : verbose_(verbose) {}
+    explicit Logger(bool verbose = true, bool use_syslog = false) : verbose_(verbose), syslog_(use_syslog) {
+        if (syslog_) openlog("mixctl", LOG_PID, LOG_DAEMON);
+    }
 
     bool verbose() const { return verbose_; }
     void set_verbose(bool on) { verbose_ = on; }
+    bool uses_syslog() const { return syslog_; }
 
     // Startup lines, errors and warnings: always written.
     void print(const char* format, ...) const __attribute__((format(printf, 2, 3))) {
@@ -37,9 +49,21 @@ public:
         va_end(args);
     }
 
+    // The syslog priority a line is sent with (see the top of this file).
+    static int priority_of(const char* line) {
+        if (std::strncmp(line, "error", 5) == 0 || std::strstr(line, ": error") != nullptr) return LOG_ERR;
+        if (std::strstr(line, "warning:") != nullptr) return LOG_WARNING;
+        return LOG_INFO;
+    }
+
 private:
-    static void write_line(const char* format, va_list args) {
+    void write_line(const char* format, va_list args) const {
         char line[1024];
+        if (syslog_) {
+            if (vsnprintf(line, sizeof line, format, args) < 0) return;
+            syslog(priority_of(line), "%s", line);
+            return;
+        }
         size_t used = timestamp(line, sizeof line);
         int n = vsnprintf(line + used, sizeof line - used - 1, format, args);
         if (n < 0) return;
@@ -64,6 +88,7 @@ private:
     }
 
     bool verbose_;
+    bool syslog_;
 };
 
 }  // namespace mixlog

@@ -20,11 +20,13 @@
 #endif
 
 #include "balance.hpp"
+#include "checker.hpp"
 #include "config.hpp"
 #include "flags.hpp"
 #include "log.hpp"
 #include "net.hpp"
 #include "signals.hpp"
+#include "upstreams.hpp"
 #include "worker.hpp"
 
 #ifndef MIXCTL_VERSION
@@ -38,8 +40,8 @@ using Clock = std::chrono::steady_clock;
 // ---- start-up: config → resolved routes → bound listeners -----------------
 
 struct Plan {
-    std::vector<worker::Route> routes;
-    std::vector<std::vector<net::SockAddr>> binds;  // per route: addresses to listen on
+    std::vector<std::vector<net::SockAddr>> binds;                  // per rule: addresses to listen on
+    std::vector<std::vector<std::vector<net::SockAddr>>> upstreams;  // per rule, per upstream
 };
 
 // Resolves every name now, so a typo fails at start (and in -check), not on
@@ -47,20 +49,16 @@ struct Plan {
 bool resolve_all(const config::Config& cfg, const std::string& file, Plan& plan, config::Diagnostics& diag) {
     auto at = [&](int line) { return file + ":" + std::to_string(line) + ": "; };
     for (const config::Rule& rule : cfg.rules) {
-        worker::Route route;
-        route.name = rule.name;
         std::vector<net::SockAddr> binds;
         std::string why;
         if (!net::resolve(rule.from, true, binds, why)) diag.errors.push_back(at(rule.from_line) + "from: " + why);
+        std::vector<std::vector<net::SockAddr>> targets;
         for (const config::Upstream& up : rule.to) {
-            worker::Target target;
-            target.text = up.text;
-            if (!net::resolve(up.where, false, target.addresses, why))
-                diag.errors.push_back(at(up.line) + "to: " + why);
-            route.targets.push_back(std::move(target));
+            targets.emplace_back();
+            if (!net::resolve(up.where, false, targets.back(), why)) diag.errors.push_back(at(up.line) + "to: " + why);
         }
-        plan.routes.push_back(std::move(route));
         plan.binds.push_back(std::move(binds));
+        plan.upstreams.push_back(std::move(targets));
     }
     return diag.errors.empty();
 }
@@ -76,34 +74,36 @@ bool load(const std::string& file, const mixlog::Logger& log, config::Config& cf
 
 // Binds every listener or none: on any failure the ones already bound close
 // as the vector goes out of scope.
-bool bind_all(const Plan& plan, const mixlog::Logger& log, std::vector<worker::Listener>& listeners) {
+bool bind_all(const config::Config& cfg, const Plan& plan, const mixlog::Logger& log,
+              std::vector<worker::Listener>& listeners) {
     const int backlog = net::listen_backlog();
-    for (size_t r = 0; r < plan.routes.size(); ++r) {
+    for (size_t r = 0; r < cfg.rules.size(); ++r) {
         for (const net::SockAddr& addr : plan.binds[r]) {
             std::string why;
             worker::Listener listener;
             listener.fd = net::listen_on(addr, backlog, why);
             if (!listener.fd) {
-                log.print("error: rule (%s): listen on %s: %s", plan.routes[r].name.c_str(), addr.text().c_str(),
+                log.print("error: rule (%s): listen on %s: %s", cfg.rules[r].name.c_str(), addr.text().c_str(),
                           why.c_str());
                 listeners.clear();
                 return false;
             }
             net::SockAddr bound;
             listener.address = net::local_address(listener.fd.get(), bound) ? bound.text() : addr.text();
-            listener.route = r;
+            listener.rule = r;
             listeners.push_back(std::move(listener));
         }
     }
     return true;
 }
 
-void log_forwarding(const Plan& plan, const std::vector<worker::Listener>& listeners, const mixlog::Logger& log) {
+void log_forwarding(const config::Config& cfg, const std::vector<worker::Listener>& listeners,
+                    const mixlog::Logger& log) {
     for (const worker::Listener& l : listeners) {
-        const worker::Route& route = plan.routes[l.route];
+        const config::Rule& rule = cfg.rules[l.rule];
         std::string to;
-        for (const worker::Target& t : route.targets) to += (to.empty() ? "" : " ") + t.text;
-        log.print("Forwarding (%s) from: %s to: [%s]", route.name.c_str(), l.address.c_str(), to.c_str());
+        for (const config::Upstream& up : rule.to) to += (to.empty() ? "" : " ") + up.text;
+        log.print("Forwarding (%s) from: %s to: [%s]", rule.name.c_str(), l.address.c_str(), to.c_str());
     }
 }
 
@@ -134,11 +134,12 @@ struct WorkerProcess {
 
 class Supervisor {
 public:
-    Supervisor(const flags::Options& options, const Plan& plan, std::vector<worker::Listener>& listeners,
+    Supervisor(const flags::Options& options, const upstreams::Shared& shared, std::vector<worker::Listener>& listeners,
                const mixlog::Logger& log)
-        : options_(options), plan_(plan), listeners_(listeners), log_(log) {}
+        : options_(options), shared_(shared), listeners_(listeners), log_(log) {}
 
-    int run(int worker_count) {
+    // The checker, when there is one, is the process after the workers.
+    int run(int worker_count, bool with_checker) {
         if (!wake_.open() || !open_lifeline()) {
             log_.print("error: pipe: %s", net::errno_text(errno).c_str());
             return 1;
@@ -149,7 +150,8 @@ public:
         }
         // Handlers go in before the first fork, so no signal is lost in between.
         for (int number : {SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGCHLD}) signals::handle(number);
-        workers_.resize(static_cast<size_t>(worker_count));
+        worker_count_ = static_cast<size_t>(worker_count);
+        workers_.resize(worker_count_ + (with_checker ? 1 : 0));
         for (size_t i = 0; i < workers_.size(); ++i) spawn(i);
         for (;;) {
             int rc = turn();
@@ -223,16 +225,29 @@ private:
 
     void spawn(size_t index) {
         WorkerProcess& w = workers_[index];
-        board_.restart(static_cast<int>(index), worker::to_ms(Clock::now()));
+        if (index < worker_count_) board_.restart(static_cast<int>(index), worker::to_ms(Clock::now()));
         pid_t pid = fork();
         if (pid < 0) {
             log_.print("error: fork: %s; retrying in 1s", net::errno_text(errno).c_str());
             w.respawn_at = Clock::now() + std::chrono::seconds(1);
             return;
         }
-        if (pid == 0) _exit(worker_main(index));
+        if (pid == 0) _exit(index < worker_count_ ? worker_main(index) : checker_main());
         w.pid = pid;
         w.started = Clock::now();
+    }
+
+    int checker_main() {
+        wake_.close();
+        lifeline_write_.reset();
+        listeners_.clear();
+        for (int number : {SIGTERM, SIGCHLD}) signals::set_default(number);
+        for (int number : {SIGINT, SIGHUP, SIGUSR1}) signals::ignore(number);
+#ifdef __linux__
+        prctl(PR_SET_PDEATHSIG, SIGTERM);
+#endif
+        checker::Checker checker(shared_, log_, lifeline_read_.get());
+        return checker.run();
     }
 
     int worker_main(size_t index) {
@@ -251,7 +266,7 @@ private:
         settings.dial_timeout = std::chrono::duration_cast<Clock::duration>(options_.dial_timeout);
         settings.grace = std::chrono::duration_cast<Clock::duration>(options_.grace);
         settings.parent_fd = lifeline_read_.get();
-        worker::Worker relay(plan_.routes, listeners_, settings, log_, board_);
+        worker::Worker relay(shared_, listeners_, settings, log_, board_);
         return relay.run();
     }
 
@@ -268,12 +283,13 @@ private:
 
     void worker_exited(size_t index, int status) {
         WorkerProcess& w = workers_[index];
-        w.pid = -1;
-        if (WIFSIGNALED(status))
-            log_.print("worker %d exited: killed by signal %d (%s)", static_cast<int>(index), WTERMSIG(status),
+        const char* what = index < worker_count_ ? "worker" : "checker";
+        if (WIFSIGNALED(status) && !(stopping_ && WTERMSIG(status) == SIGTERM))
+            log_.print("%s %d exited: killed by signal %d (%s)", what, static_cast<int>(w.pid), WTERMSIG(status),
                        strsignal(WTERMSIG(status)));
-        else if (!stopping_ || WEXITSTATUS(status) != 0)
-            log_.print("worker %d exited: status %d", static_cast<int>(index), WEXITSTATUS(status));
+        else if (WIFEXITED(status) && (!stopping_ || WEXITSTATUS(status) != 0))
+            log_.print("%s %d exited: status %d", what, static_cast<int>(w.pid), WEXITSTATUS(status));
+        w.pid = -1;
         if (stopping_) return;
         // A worker that dies right after start would otherwise be forked in
         // a tight loop: back off 100ms, 200ms, ... up to 10s.
@@ -312,16 +328,34 @@ private:
         return 0;
     }
 
+    // One line per upstream, plain integers, so scripts can parse them.
     void log_stats() {
+        int64_t now_ms = worker::to_ms(Clock::now());
+        for (size_t r = 0; r < shared_.rules(); ++r) {
+            const upstreams::Pool& pool = shared_.pool(r);
+            for (size_t u = 0; u < pool.size(); ++u) {
+                const upstreams::UpstreamState& s = pool.at(u);
+                log_.print("stats rule=%s upstream=%s state=%s active=%u total=%llu failed=%llu bytes_in=%llu "
+                           "bytes_out=%llu",
+                           pool.rule->name.c_str(), pool.rule->to[u].text.c_str(),
+                           upstreams::is_up(s, now_ms) ? "up" : "down", s.active.load(),
+                           static_cast<unsigned long long>(s.total.load()),
+                           static_cast<unsigned long long>(s.failed.load()),
+                           static_cast<unsigned long long>(s.bytes_in.load()),
+                           static_cast<unsigned long long>(s.bytes_out.load()));
+            }
+        }
         for (int i = 0; i < board_.count(); ++i) {
             balance::WorkerSlot& s = board_.slot(i);
-            log_.print("stats worker=%d pid=%d active=%u accepted=%llu", i, static_cast<int>(workers_[static_cast<size_t>(i)].pid),
-                       s.active.load(), static_cast<unsigned long long>(s.accepted.load()));
+            log_.print("stats worker=%d pid=%d active=%u accepted=%llu", i,
+                       static_cast<int>(workers_[static_cast<size_t>(i)].pid), s.active.load(),
+                       static_cast<unsigned long long>(s.accepted.load()));
         }
     }
 
     const flags::Options& options_;
-    const Plan& plan_;
+    const upstreams::Shared& shared_;
+    size_t worker_count_ = 0;
     std::vector<worker::Listener>& listeners_;
     const mixlog::Logger& log_;
     signals::SelfPipe wake_;
@@ -355,7 +389,7 @@ int main(int argc, char** argv) {
         printf("mixctl %s\n", MIXCTL_VERSION);
         return 0;
     }
-    mixlog::Logger log(options.verbose);
+    mixlog::Logger log(options.verbose, options.syslog);
     if (!options.args.empty())
         log.print("warning: ignoring arguments after the flags: %s (bool flags take a value only as -v=false)",
                   join(options.args).c_str());
@@ -371,11 +405,16 @@ int main(int argc, char** argv) {
     signals::ignore(SIGPIPE);
     raise_fd_limit(log);
     std::vector<worker::Listener> listeners;
-    if (!bind_all(plan, log, listeners)) return 1;
-    log_forwarding(plan, listeners, log);
+    if (!bind_all(cfg, plan, log, listeners)) return 1;
+    log_forwarding(cfg, listeners, log);
+    upstreams::Shared shared;
+    if (!shared.map(cfg, plan.upstreams)) {
+        log.print("error: mmap: %s", net::errno_text(errno).c_str());
+        return 1;
+    }
 
     int workers = options.workers > 0 ? options.workers : online_cpus();
     log.print("mixctl %s started: %d workers, pid %d", MIXCTL_VERSION, workers, static_cast<int>(getpid()));
-    Supervisor supervisor(options, plan, listeners, log);
-    return supervisor.run(workers);
+    Supervisor supervisor(options, shared, listeners, log);
+    return supervisor.run(workers, checker::needed(cfg));
 }

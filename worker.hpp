@@ -23,26 +23,15 @@
 #include "net.hpp"
 #include "relay.hpp"
 #include "signals.hpp"
+#include "upstreams.hpp"
 
 namespace worker {
 
 using Clock = std::chrono::steady_clock;
 
-// One upstream of a rule, resolved by the parent.
-struct Target {
-    std::string text;
-    std::vector<net::SockAddr> addresses;
-};
-
-// What a rule means to a worker.
-struct Route {
-    std::string name;
-    std::vector<Target> targets;
-};
-
 struct Listener {
     net::Fd fd;
-    size_t route = 0;
+    size_t rule = 0;
     std::string address;  // as bound, e.g. "127.0.0.1:41000"
 };
 
@@ -59,9 +48,9 @@ inline int64_t to_ms(Clock::time_point t) {
 
 class Worker {
 public:
-    Worker(const std::vector<Route>& routes, std::vector<Listener>& listeners, const Settings& settings,
+    Worker(const upstreams::Shared& shared, std::vector<Listener>& listeners, const Settings& settings,
            const mixlog::Logger& log, balance::Board& board)
-        : routes_(routes), listeners_(listeners), settings_(settings), log_(log), board_(board),
+        : shared_(shared), listeners_(listeners), settings_(settings), log_(log), board_(board),
           scratch_(new char[relay::buffer_size]) {
         random_state_ = static_cast<uint64_t>(getpid()) * 0x9E3779B97F4A7C15ULL ^
                         static_cast<uint64_t>(Clock::now().time_since_epoch().count());
@@ -118,8 +107,9 @@ private:
         net::SockAddr client_address;
         size_t listener = 0;
         bool connected = false;
-        // Dial order: target (first + k * stride) % n for k = 0, 1, ...
-        uint32_t first = 0, stride = 1, step = 0, address = 0, attempts = 0;
+        std::vector<uint16_t> order;  // upstreams to try, as indexes into the rule's `to`
+        uint32_t step = 0, address = 0, attempts = 0;
+        std::string last_error;       // of the upstream being tried
         Clock::time_point dial_deadline{};
         bool has_deadline = false;
         relay::Direction up;    // client -> upstream
@@ -127,8 +117,9 @@ private:
         int slot[2] = {-1, -1};
         bool hung_up[2] = {false, false};
         Clock::time_point started{};
-        const net::SockAddr* dialed = nullptr;
+        net::SockAddr dialed;
         size_t target = 0;
+        uint64_t counted_in = 0, counted_out = 0;  // bytes already added to the shared counters
     };
 
     // ---- poll slots ---------------------------------------------------
@@ -185,7 +176,12 @@ private:
         if (!dial_deadlines_.empty()) wake = std::min(wake, dial_deadlines_.begin()->first);
         if (stopping_) wake = std::min(wake, grace_deadline_);
         if (paused_) wake = std::min(wake, resume_accept_);
-        if (board_.count() > 1 && !stopping_) wake = std::min(wake, now + std::chrono::milliseconds(balance::Board::heartbeat_every_ms));
+        if (board_.count() > 1 && !stopping_) {
+            // Others' accept counts change without waking us: a worker held
+            // back looks again soon, one that is not keeps its heartbeat fresh.
+            int every = listening_ ? balance::Board::heartbeat_every_ms : balance::Board::recheck_every_ms;
+            wake = std::min(wake, now + std::chrono::milliseconds(every));
+        }
         auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(wake - now).count();
         if (wake > now + std::chrono::milliseconds(ms)) ++ms;  // round up: never wake before a deadline
         return static_cast<int>(std::max<int64_t>(0, std::min<int64_t>(ms, 3600 * 1000)));
@@ -201,16 +197,13 @@ private:
 
     // Checked every turn, not only when the self-pipe is readable: a signal
     // that came before the pipe existed must not wait for the next wakeup.
+    // Only the first SIGTERM matters: a second one may just be the parent
+    // passing on what the whole process group got, and a stop that must be
+    // immediate comes from the parent as SIGKILL.
     void check_signals() {
         if (!signals::arrived.stop) return;
         signals::arrived.stop = 0;
-        if (!stopping_) {
-            begin_stop();
-            return;
-        }
-        log_.print("worker %d: stopping now, closing %zu connections", settings_.index, live_);
-        abort_all();
-        _exit(0);
+        begin_stop();
     }
 
     void begin_stop() {
@@ -249,31 +242,39 @@ private:
                 int err = errno;
                 if (err == EAGAIN || err == EWOULDBLOCK) return;
                 if (err == EINTR || err == ECONNABORTED || err == EPROTO) continue;
-                if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM) {
+                if (out_of_resources(err)) {
                     pause_accepting(index, err);
                     return;
                 }
                 log_.print("accept %s: %s", listeners_[index].address.c_str(), net::errno_text(err).c_str());
                 return;
             }
-            if (pauses_ > 0) {
-                log_.print("worker %d: accepting again after %" PRIu64 " pauses for lack of file descriptors",
-                           settings_.index, pauses_);
-                pauses_ = 0;
-            }
             board_.slot(settings_.index).accepted.fetch_add(1, std::memory_order_relaxed);
             start(std::move(client), peer, index);
         }
     }
 
+    static bool out_of_resources(int err) {
+        return err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM;
+    }
+
     // Out of descriptors: a level-triggered listener would wake us a million
     // times a second. Look away for a moment; connections wait in the backlog.
-    void pause_accepting(size_t index, int err) {
-        if (pauses_++ == 0)
-            log_.print("accept %s: %s; pausing accepts for %dms (logged once per burst)",
-                       listeners_[index].address.c_str(), net::errno_text(err).c_str(), pause_ms);
+    // Logged at most once per shortage_log_every, with how many were quiet.
+    void pause_accepting(size_t index, int err, const char* call = "accept") {
+        Clock::time_point now = Clock::now();
         paused_ = true;
-        resume_accept_ = Clock::now() + std::chrono::milliseconds(pause_ms);
+        resume_accept_ = now + std::chrono::milliseconds(pause_ms);
+        if (now < quiet_shortage_until_) {
+            ++quiet_shortages_;
+            return;
+        }
+        char more[48] = "";
+        if (quiet_shortages_ > 0) snprintf(more, sizeof more, " (%" PRIu64 " more)", quiet_shortages_);
+        log_.print("%s %s: %s; pausing accepts for %dms%s", call, listeners_[index].address.c_str(),
+                   net::errno_text(err).c_str(), pause_ms, more);
+        quiet_shortages_ = 0;
+        quiet_shortage_until_ = now + shortage_log_every;
     }
 
     // ---- connections --------------------------------------------------
@@ -295,8 +296,6 @@ private:
         return random_state_;
     }
 
-    static uint32_t gcd(uint32_t a, uint32_t b) { return b == 0 ? a : gcd(b, a % b); }
-
     void start(net::Fd client, const net::SockAddr& peer, size_t listener) {
         uint32_t id = new_conn();
         Conn& c = *conns_[id];
@@ -305,40 +304,41 @@ private:
         c.listener = listener;
         c.started = Clock::now();
         net::tune_stream(c.client.get());
-        // Uniform first choice, like the Go tool; a random stride coprime to
-        // n visits every other upstream once, in a shuffled order.
-        uint32_t n = static_cast<uint32_t>(route_of(c).targets.size());
-        c.first = static_cast<uint32_t>(next_random() % n);
-        c.stride = 1;
-        if (n > 2) {
-            do c.stride = 1 + static_cast<uint32_t>(next_random() % (n - 1));
-            while (gcd(c.stride, n) != 1);
-        }
+        const upstreams::Pool& pool = pool_of(c);
+        auto random = [this] { return next_random(); };
+        if (!upstreams::plan(pool, peer, to_ms(c.started), random, c.order)) warn_fail_open(pool);
         c.slot[client_side] = static_cast<int>(add_slot(c.client.get(), 0, id, client_side));
         ++live_;
         board_.slot(settings_.index).active.fetch_add(1, std::memory_order_relaxed);
         dial_next(id);
     }
 
-    const Route& route_of(const Conn& c) const { return routes_[listeners_[c.listener].route]; }
+    const upstreams::Pool& pool_of(const Conn& c) const { return shared_.pool(listeners_[c.listener].rule); }
+    const config::Rule& rule_of(const Conn& c) const { return *pool_of(c).rule; }
+    const std::string& target_text(const Conn& c) const { return rule_of(c).to[c.target].text; }
 
-    // Tries the current (target, address) and on to the next ones until a
+    void warn_fail_open(const upstreams::Pool& pool) {
+        Clock::time_point now = Clock::now();
+        if (now < quiet_fail_open_until_) return;
+        quiet_fail_open_until_ = now + std::chrono::seconds(1);
+        log_.print("all upstreams of (%s) are down; trying them anyway", pool.rule->name.c_str());
+    }
+
+    // Tries the current (upstream, address) and on to the next ones until a
     // connect is under way or has succeeded; with none left, gives up.
     void dial_next(uint32_t id) {
         Conn& c = *conns_[id];
-        const Route& route = route_of(c);
-        const uint32_t n = static_cast<uint32_t>(route.targets.size());
-        while (c.step < n) {
-            c.target = (c.first + c.step * c.stride) % n;
-            const Target& target = route.targets[c.target];
-            if (c.address >= target.addresses.size()) {
+        while (c.step < c.order.size()) {
+            c.target = c.order[c.step];
+            if (!upstreams::address_at(pool_of(c).at(c.target), c.address, c.dialed)) {
+                upstream_failed(c);
                 ++c.step;
                 c.address = 0;
                 continue;
             }
-            c.dialed = &target.addresses[c.address++];
+            ++c.address;
             ++c.attempts;
-            int rc = net::dial_start(*c.dialed, c.upstream);
+            int rc = net::dial_start(c.dialed, c.upstream);
             if (rc == 0) {
                 c.slot[upstream_side] = static_cast<int>(add_slot(c.upstream.get(), POLLOUT, id, upstream_side));
                 connected(id);
@@ -353,20 +353,40 @@ private:
                 }
                 return;
             }
+            if (out_of_resources(rc)) {
+                // Our own shortage, not the upstream's fault: no other upstream
+                // would fare better, and none is marked down for it.
+                pause_accepting(c.listener, rc, "socket for");
+                finish(id, "out of file descriptors", true);
+                return;
+            }
             log_dial_error(c, net::errno_text(rc));
         }
-        log_.print("error: no upstream of (%s) reachable for %s: %u attempts failed", route.name.c_str(),
+        log_.print("error: no upstream of (%s) reachable for %s: %u attempts failed", rule_of(c).name.c_str(),
                    c.client_address.text().c_str(), c.attempts);
         finish(id, nullptr, false);
     }
 
-    void log_dial_error(const Conn& c, const std::string& why) {
-        const Target& target = route_of(c).targets[c.target];
-        std::string address = c.dialed->text();
-        if (address == target.text)
-            log_.print("error dialing %s: %s", target.text.c_str(), why.c_str());
+    void log_dial_error(Conn& c, const std::string& why) {
+        c.last_error = why;
+        std::string address = c.dialed.text();
+        const std::string& text = target_text(c);
+        if (address == text)
+            log_.print("error dialing %s: %s", text.c_str(), why.c_str());
         else
-            log_.print("error dialing %s (%s): %s", target.text.c_str(), address.c_str(), why.c_str());
+            log_.print("error dialing %s (%s): %s", text.c_str(), address.c_str(), why.c_str());
+    }
+
+    // Every address of one upstream failed: that counts against its health.
+    void upstream_failed(Conn& c) {
+        if (c.address == 0) return;  // had no address to try: nothing was dialed
+        upstreams::UpstreamState& state = pool_of(c).at(c.target);
+        const config::Rule& rule = rule_of(c);
+        state.resolve_wanted.store(1, std::memory_order_relaxed);
+        if (upstreams::record_failure(state, rule.policy, to_ms(Clock::now())))
+            log_.print("upstream %s of (%s) is DOWN: %s (passive: %d failed connects within %s)",
+                       target_text(c).c_str(), rule.name.c_str(), c.last_error.c_str(), rule.policy.max_fails,
+                       flags::format_duration(rule.policy.fail_timeout).c_str());
     }
 
     void drop_dial(Conn& c, uint32_t id) {
@@ -387,8 +407,11 @@ private:
         Conn& c = *conns_[id];
         drop_dial_deadline(c, id);
         c.connected = true;
-        log_.trace("Connected %s => %s (%s)", listeners_[c.listener].address.c_str(),
-                   route_of(c).targets[c.target].text.c_str(), c.client_address.text().c_str());
+        upstreams::UpstreamState& state = pool_of(c).at(c.target);
+        upstreams::record_success(state);
+        state.active.fetch_add(1, std::memory_order_relaxed);
+        log_.trace("Connected %s => %s (%s)", listeners_[c.listener].address.c_str(), target_text(c).c_str(),
+                   c.client_address.text().c_str());
         update_events(c);
     }
 
@@ -451,6 +474,7 @@ private:
             err = reading.pump(self, other, scratch_.get(), pool_);
         if (!err && (revents & POLLERR) && !reading.wants_read() && !writing.has_parked())
             err = net::pending_error(self);
+        count_bytes(c);
         if (err) {
             finish(owner.conn, net::errno_text(err).c_str(), true);
             return;
@@ -460,6 +484,18 @@ private:
             return;
         }
         update_events(c);
+    }
+
+    void count_bytes(Conn& c) {
+        upstreams::UpstreamState& state = pool_of(c).at(c.target);
+        if (c.up.bytes() != c.counted_in) {
+            state.bytes_in.fetch_add(c.up.bytes() - c.counted_in, std::memory_order_relaxed);
+            c.counted_in = c.up.bytes();
+        }
+        if (c.down.bytes() != c.counted_out) {
+            state.bytes_out.fetch_add(c.down.bytes() - c.counted_out, std::memory_order_relaxed);
+            c.counted_out = c.down.bytes();
+        }
     }
 
     // The one way a connection ends: logs exactly one line, frees both
@@ -473,8 +509,9 @@ private:
             char extra[160] = "";
             if (reason) snprintf(extra, sizeof extra, " error=\"%s\"", reason);
             log_.trace("Closed %s => %s (%s) bytes_in=%" PRIu64 " bytes_out=%" PRIu64 " duration=%.3fs%s",
-                       listeners_[c.listener].address.c_str(), route_of(c).targets[c.target].text.c_str(),
+                       listeners_[c.listener].address.c_str(), target_text(c).c_str(),
                        c.client_address.text().c_str(), c.up.bytes(), c.down.bytes(), seconds, extra);
+            pool_of(c).at(c.target).active.fetch_sub(1, std::memory_order_relaxed);
         } else if (reason) {
             log_.trace("Closed %s => - (%s) %s", listeners_[c.listener].address.c_str(),
                        c.client_address.text().c_str(), reason);
@@ -488,7 +525,10 @@ private:
         }
         c.up.release(pool_);
         c.down.release(pool_);
+        std::vector<uint16_t> order = std::move(c.order);  // keep its capacity for the next connection
+        order.clear();
         *conns_[id] = Conn();  // closes both sockets
+        conns_[id]->order = std::move(order);
         free_.push_back(id);
         --live_;
         board_.slot(settings_.index).active.fetch_sub(1, std::memory_order_relaxed);
@@ -506,7 +546,7 @@ private:
 
     static constexpr int pause_ms = 200;
 
-    const std::vector<Route>& routes_;
+    const upstreams::Shared& shared_;
     std::vector<Listener>& listeners_;
     Settings settings_;
     const mixlog::Logger& log_;
@@ -529,7 +569,10 @@ private:
     bool listening_ = true;  // listener slots start armed
     bool paused_ = false;
     Clock::time_point resume_accept_{};
-    uint64_t pauses_ = 0;
+    uint64_t quiet_shortages_ = 0;
+    Clock::time_point quiet_shortage_until_{};
+    static constexpr std::chrono::seconds shortage_log_every{10};
+    Clock::time_point quiet_fail_open_until_{};
 };
 
 }  // namespace worker

@@ -171,9 +171,9 @@ private:
     bool isLineEnd(size_t p) const { return p >= text_.size() || text_[p] == '\n'; }
     bool isSpaceOrLineEnd(size_t p) const { return isLineEnd(p) || isBlank(text_[p]); }
     bool isSequenceDash(size_t p) const { return at(p) == '-' && isSpaceOrLineEnd(p + 1); }
-    bool startsComment(size_t p) const {
-        return at(p) == '#' && (p == 0 || isBlank(text_[p - 1]) || text_[p - 1] == '\n');
-    }
+    // Between tokens "#" starts a comment even when glued on ("[a]#c"), as in libyaml and
+    // so go-yaml. Inside a plain scalar it needs a blank before it; parsePlain sees to that.
+    bool startsComment(size_t p) const { return at(p) == '#'; }
     bool isDocumentMarker(size_t p) const {
         return (text_.compare(p, 3, "---") == 0 || text_.compare(p, 3, "...") == 0) && isSpaceOrLineEnd(p + 3);
     }
@@ -524,6 +524,8 @@ private:
     bool plainCanStart(size_t p, bool flow) const {
         char c = at(p);
         if (isLineEnd(p) || std::string_view(",[]{}#&*!|>'\"%@`").find(c) != std::string_view::npos) return false;
+        // libyaml, and so go-yaml, reads "[?a]" as [{a: null}]: refuse rather than differ.
+        if (c == '?' && flow) return false;
         if (c == '-' || c == '?' || c == ':')
             return !isSpaceOrLineEnd(p + 1) && !(flow && isFlowIndicator(at(p + 1)));
         return true;
@@ -546,7 +548,8 @@ private:
         char c = at(pos_);
         if (c == '[') return parseFlowSequence(blockIndent);
         if (c == '{') return parseFlowMapping(blockIndent);
-        if (c == '"' || c == '\'') return parseQuoted(blockIndent);
+        // Inside brackets a forgotten quote is caught by the collection's own checks.
+        if (c == '"' || c == '\'') return parseQuoted(flow ? -1 : blockIndent);
         if (!plainCanStart(pos_, flow)) {
             failCannotStart(pos_);
             return {};
@@ -555,7 +558,7 @@ private:
     }
 
     Node parseKey(int blockIndent, bool flow) {
-        if (at(pos_) == '"' || at(pos_) == '\'') return parseQuoted(blockIndent);
+        if (at(pos_) == '"' || at(pos_) == '\'') return parseQuoted(flow ? -1 : blockIndent);
         if (!plainCanStart(pos_, flow)) {
             failCannotStart(pos_);
             return {};
@@ -757,7 +760,9 @@ private:
             while (isBlank(at(pos_))) ++pos_;
             if (at(pos_) != '\n') {
                 // An unindented continuation almost always means a missing closing quote.
-                if (pos_ < text_.size() && indent <= blockIndent) fail(open, unterminatedQuoteMessage(text_[open]));
+                if (pos_ < text_.size() && indent <= blockIndent)
+                    fail(open, std::string(unterminatedQuoteMessage(text_[open])) + " (not closed before line " +
+                                   std::to_string(lineOf(pos_)) + "; continuation lines must be indented)");
                 break;
             }
             ++blankLines;

@@ -250,6 +250,7 @@ TEST_CASE("no arguments leaves every option at its documented default", "[flags]
     CHECK_FALSE(o.check);
     CHECK_FALSE(o.version);
     CHECK(o.grace == std::chrono::seconds(10));
+    CHECK_FALSE(o.syslog);
     CHECK(o.args.empty());
 }
 
@@ -387,6 +388,46 @@ TEST_CASE("-V and -version both set the version option", "[flags][bool]") {
     Options o;
     REQUIRE(run({"-V", "-version=false"}, o).outcome == Outcome::Run);
     CHECK_FALSE(o.version);  // last one wins across the two spellings
+}
+
+TEST_CASE("-syslog is a bool flag, off by default, in every Go spelling", "[flags][bool][syslog]") {
+    for (const char* arg : {"-syslog", "--syslog", "-syslog=true", "--syslog=1", "-syslog=T"}) {
+        INFO("arg: " << arg);
+        Options o;
+        REQUIRE(run({arg}, o).outcome == Outcome::Run);
+        CHECK(o.syslog);
+        CHECK(o.verbose);  // the other flags keep their defaults
+        CHECK_FALSE(o.check);
+        CHECK(o.args.empty());
+    }
+    Options o;
+    REQUIRE(run({"-syslog", "-syslog=false"}, o).outcome == Outcome::Run);
+    CHECK_FALSE(o.syslog);  // the last one wins
+}
+
+TEST_CASE("-syslog false stops parsing at false, as for every Go bool flag", "[flags][bool][syslog]") {
+    Options o;
+    ParseResult r = run({"-syslog", "false", "-w", "2"}, o);
+    REQUIRE(r.outcome == Outcome::Run);
+    CHECK(o.syslog);
+    CHECK(o.workers == 0);
+    CHECK(o.args == Args{"false", "-w", "2"});
+}
+
+TEST_CASE("-syslog with a value ParseBool rejects is an error worded as Go's", "[flags][bool][syslog]") {
+    Options o;
+    ParseResult r = run({"-syslog=yes"}, o);
+    CHECK(r.outcome == Outcome::Error);
+    CHECK(r.message == "invalid boolean value \"yes\" for -syslog: parse error");
+}
+
+TEST_CASE("-syslog combines with the other flags", "[flags][syslog]") {
+    Options o;
+    REQUIRE(run({"-f", "/etc/mixctl/rules.yaml", "-syslog", "-v=false", "-w", "3"}, o).outcome == Outcome::Run);
+    CHECK(o.syslog);
+    CHECK(o.file == "/etc/mixctl/rules.yaml");
+    CHECK_FALSE(o.verbose);
+    CHECK(o.workers == 3);
 }
 
 TEST_CASE("-v false leaves false as a positional argument, as Go does", "[flags][bool]") {
@@ -646,6 +687,8 @@ TEST_CASE("usage text is exactly what Go's default usage would print", "[flags][
         "    \trules file (default \"rules.yaml\")\n"
         "  -grace duration\n"
         "    \ton SIGTERM/SIGINT, time live connections get to finish (default 10s)\n"
+        "  -syslog\n"
+        "    \tlog to syslog(3) (facility daemon, ident mixctl) instead of stderr\n"
         "  -t duration\n"
         "    \tupstream dial timeout; 0 means no deadline (default 1.5s)\n"
         "  -v\tverbose: log every connection (default true)\n"
@@ -679,7 +722,7 @@ TEST_CASE("usage names the program by the basename of argv[0]", "[flags][usage]"
 TEST_CASE("usage lists every flag once, sorted by name with uppercase first", "[flags][usage]") {
     const std::string text = flags::usage("mixctl");
     const char* order[] = {"\n  -V\t",          "\n  -check\n",   "\n  -f string\n",
-                           "\n  -grace duration\n", "\n  -t duration\n", "\n  -v\t",
+                           "\n  -grace duration\n", "\n  -syslog\n", "\n  -t duration\n", "\n  -v\t",
                            "\n  -version\n",    "\n  -w int\n"};
     std::size_t last = 0;
     for (const char* entry : order) {
@@ -696,7 +739,7 @@ TEST_CASE("usage lists every flag once, sorted by name with uppercase first", "[
          at = text.find("\n  -", at + 1)) {
         ++flag_lines;
     }
-    CHECK(flag_lines == 8);
+    CHECK(flag_lines == 9);
 }
 
 TEST_CASE("usage shows defaults the way Go does and omits zero-value defaults",
@@ -713,9 +756,9 @@ TEST_CASE("usage shows defaults the way Go does and omits zero-value defaults",
 }
 
 TEST_CASE("every flag in the usage text is one that parse accepts", "[flags][usage]") {
-    const char* names[] = {"V", "check", "f", "grace", "t", "v", "version", "w"};
-    const char* sample[] = {"", "", "x", "1s", "1s", "", "", "2"};
-    for (std::size_t i = 0; i < 8; ++i) {
+    const char* names[] = {"V", "check", "f", "grace", "syslog", "t", "v", "version", "w"};
+    const char* sample[] = {"", "", "x", "1s", "", "1s", "", "", "2"};
+    for (std::size_t i = 0; i < 9; ++i) {
         INFO("flag: " << names[i]);
         CHECK(flags::usage("mixctl").find(std::string("  -") + names[i]) != std::string::npos);
         Args argv = {std::string("-") + names[i]};

@@ -212,7 +212,7 @@ class Server {
 public:
     using Handler = std::function<void(int fd)>;
 
-    explicit Server(Handler handler, int family = AF_INET, uint16_t port = 0, int backlog = 128)
+    explicit Server(Handler handler, int family = AF_INET, uint16_t port = 0, int backlog = 1024)
         : handler_(std::move(handler)) {
         listener_ = net::Fd(::socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0));
         int one = 1;

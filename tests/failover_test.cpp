@@ -1,0 +1,299 @@
+// Failover: upstreams that refuse, upstreams that never answer, clients that
+// give up while a dial is pending. The real mixctl against loopback sockets.
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <string>
+#include <vector>
+
+#include "harness.hpp"
+
+using namespace harness;
+
+namespace {
+
+std::string one_rule(const std::vector<std::string>& to, const std::string& from = "127.0.0.1:0") {
+    return rules_yaml({rule_yaml("r", from, to)});
+}
+
+// Sends `request`, half-closes, reads the reply to EOF.
+bool exchange(uint16_t port, const std::string& request, std::string& reply, Ms limit = 5000ms) {
+    net::Fd fd = dial(port, AF_INET, limit);
+    if (!fd || !send_all(fd.get(), request)) return false;
+    ::shutdown(fd.get(), SHUT_WR);
+    return read_to_eof(fd.get(), reply);
+}
+
+long elapsed_ms(Clock::time_point since) {
+    return static_cast<long>(std::chrono::duration_cast<Ms>(Clock::now() - since).count());
+}
+
+// A port that had a listener a moment ago and has none now: connects to it
+// are refused.
+uint16_t closed_port() {
+    Server gone(echo);
+    uint16_t port = gone.port();
+    gone.stop();
+    return port;
+}
+
+// The fd count of a process once it stops changing (a fresh worker is still
+// setting up for a moment after fork).
+int settled_fd_count(pid_t pid) {
+    int last = fd_count(pid);
+    wait_until(
+        [&] {
+            std::this_thread::sleep_for(50ms);
+            int now = fd_count(pid);
+            bool same = now == last;
+            last = now;
+            return same;
+        },
+        2000ms);
+    return last;
+}
+
+bool alive(Daemon& d) { return !d.wait_exit(0ms).exited() && kill(d.pid(), 0) == 0; }
+
+// An upstream that never answers a SYN: a loopback listener with backlog 0
+// whose one accept-queue place is taken by a connection nobody accepts, so
+// the kernel drops every further SYN. The connecting side sees nothing
+// until its own deadline.
+class BlackHole {
+public:
+    BlackHole() {
+        listener_ = net::Fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+        net::SockAddr at = loopback(0);
+        if (!listener_ || ::bind(listener_.get(), at.get(), at.length) < 0 || ::listen(listener_.get(), 0) < 0) return;
+        net::SockAddr bound;
+        net::local_address(listener_.get(), bound);
+        port_ = bound.port();
+        // The first filler completes its handshake and fills the queue; the
+        // second one's SYN is already dropped.
+        for (int i = 0; i < 2; ++i) {
+            net::Fd f = start_connect();
+            if (!f) return;
+            if (i == 0) {
+                pollfd p{f.get(), POLLOUT, 0};
+                if (::poll(&p, 1, 2000) != 1 || net::pending_error(f.get()) != 0) return;
+            }
+            net::SockAddr local;
+            net::local_address(f.get(), local);
+            filler_ports_.push_back(local.port());
+            fillers_.push_back(std::move(f));
+        }
+    }
+
+    uint16_t port() const { return port_; }
+    std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
+
+    // True when a fresh connect gets no answer within `limit`.
+    bool swallows(Ms limit = 300ms) const {
+        if (!port_ || fillers_.size() != 2) return false;
+        net::Fd probe = start_connect();
+        if (!probe) return false;
+        pollfd p{probe.get(), POLLOUT, 0};
+        return ::poll(&p, 1, static_cast<int>(limit.count())) == 0;
+    }
+
+    // Accepts whatever completes a handshake until `until`, and returns
+    // the peer ports of connections that are not our own fillers.
+    std::vector<uint16_t> drain_strangers(Clock::time_point until) {
+        std::vector<uint16_t> strangers;
+        for (;;) {
+            long left = std::chrono::duration_cast<Ms>(until - Clock::now()).count();
+            if (left <= 0) break;
+            pollfd p{listener_.get(), POLLIN, 0};
+            if (::poll(&p, 1, static_cast<int>(left)) <= 0) continue;
+            net::SockAddr peer;
+            net::Fd got = net::accept_client(listener_.get(), peer);
+            if (!got) continue;
+            if (std::find(filler_ports_.begin(), filler_ports_.end(), peer.port()) == filler_ports_.end())
+                strangers.push_back(peer.port());
+            accepted_.push_back(std::move(got));
+        }
+        return strangers;
+    }
+
+private:
+    net::Fd start_connect() const {
+        net::Fd f(::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+        net::SockAddr to = loopback(port_);
+        if (!f) return f;
+        if (::connect(f.get(), to.get(), to.length) < 0 && errno != EINPROGRESS) return net::Fd();
+        return f;
+    }
+
+    net::Fd listener_;
+    uint16_t port_ = 0;
+    std::vector<net::Fd> fillers_, accepted_;
+    std::vector<uint16_t> filler_ports_;
+};
+
+}  // namespace
+
+TEST_CASE("one refused upstream of three: 100 of 100 connections served byte-exact", "[failover]") {
+    Server a(digest), b(digest);
+    uint16_t refused = closed_port();
+    REQUIRE(refused != 0);
+    std::string refused_address = "127.0.0.1:" + std::to_string(refused);
+    Daemon d(one_rule({a.address(), refused_address, b.address()}), {"-w", "1", "-v=false"});
+    uint16_t port = d.port("r");
+    REQUIRE(port != 0);
+    int good = 0;
+    for (int i = 0; i < 100; ++i) {
+        std::string request = pattern(static_cast<size_t>(200 + i * 37), static_cast<uint64_t>(i + 1)), reply;
+        if (exchange(port, request, reply) && reply == digest_line(request)) ++good;
+    }
+    CHECK(good == 100);
+    CHECK(a.accepted() + b.accepted() == 100);
+    // A uniform first pick lands on the dead one about 33 times in 100.
+    CHECK(d.wait_log("error dialing " + refused_address + ": connection refused"));
+    CHECK(d.count("error dialing " + refused_address + ": connection refused") >= 5);
+    CHECK(d.count("no upstream of") == 0);
+    CHECK(alive(d));
+}
+
+TEST_CASE("an upstream that never answers the SYN: every connection fails over within 3 s", "[failover]") {
+    BlackHole hole;
+    REQUIRE(hole.swallows());
+    Server healthy(digest);
+    Daemon d(one_rule({hole.address(), healthy.address()}), {"-w", "1", "-v=false", "-t", "300ms"});
+    uint16_t port = d.port("r");
+    REQUIRE(port != 0);
+    // Random first pick: go on until several connections met the hole first.
+    int served = 0, tried = 0;
+    long slowest = 0;
+    while (tried < 40 && (tried < 10 || d.count("i/o timeout") < 2)) {
+        ++tried;
+        std::string request = pattern(500, static_cast<uint64_t>(tried)), reply;
+        Clock::time_point t0 = Clock::now();
+        bool ok = exchange(port, request, reply, 5000ms) && reply == digest_line(request);
+        long took = elapsed_ms(t0);
+        slowest = std::max(slowest, took);
+        if (ok && took < 3000) ++served;
+    }
+    INFO("slowest connection took " << slowest << " ms");
+    CHECK(served == tried);
+    CHECK(healthy.accepted() == tried);
+    CHECK(d.count("error dialing " + hole.address() + ": i/o timeout") >= 2);
+    CHECK(d.count("no upstream of") == 0);
+    CHECK(alive(d));
+}
+
+TEST_CASE("only a black-hole upstream: the client is closed within 3 s and the daemon lives on", "[failover]") {
+    BlackHole hole;
+    REQUIRE(hole.swallows());
+    Daemon d(one_rule({hole.address()}), {"-w", "1", "-t", "300ms"});
+    uint16_t port = d.port("r");
+    REQUIRE(port != 0);
+    std::vector<pid_t> workers = d.workers(1);
+    REQUIRE(workers.size() == 1);
+    for (int round = 0; round < 2; ++round) {
+        net::Fd fd = dial(port);
+        REQUIRE(fd);
+        Clock::time_point t0 = Clock::now();
+        CHECK(closed_by_peer(fd.get(), 3000ms));
+        long took = elapsed_ms(t0);
+        CHECK(took >= 200);  // not before the 300ms deadline
+        CHECK(took < 3000);
+    }
+    CHECK(d.wait_log("no upstream of (r) reachable", 3000ms, 2));
+    CHECK(d.count("error dialing " + hole.address() + ": i/o timeout") == 2);
+    CHECK(alive(d));
+    CHECK(children(d.pid()) == workers);
+}
+
+TEST_CASE("all upstreams down: the client is closed at once, and service returns with the upstream", "[failover]") {
+    uint16_t first = closed_port(), second = closed_port();
+    REQUIRE(first != 0);
+    REQUIRE(second != 0);
+    Daemon d(one_rule({"127.0.0.1:" + std::to_string(first), "127.0.0.1:" + std::to_string(second)}), {"-w", "1"});
+    uint16_t port = d.port("r");
+    REQUIRE(port != 0);
+    for (int i = 0; i < 3; ++i) {
+        net::Fd fd = dial(port);
+        REQUIRE(fd);
+        Clock::time_point t0 = Clock::now();
+        CHECK(closed_by_peer(fd.get(), 3000ms));
+        CHECK(elapsed_ms(t0) < 3000);
+    }
+    CHECK(d.wait_log("no upstream of (r) reachable", 3000ms, 3));
+    CHECK(d.wait_log("2 attempts failed", 3000ms, 3));
+    CHECK(d.count("error dialing 127.0.0.1:" + std::to_string(first) + ": connection refused") == 3);
+    CHECK(d.count("error dialing 127.0.0.1:" + std::to_string(second) + ": connection refused") == 3);
+    CHECK(alive(d));
+
+    Server back(digest, AF_INET, second);
+    REQUIRE(back.ok());
+    for (int i = 0; i < 10; ++i) {
+        std::string request = pattern(300, static_cast<uint64_t>(i + 50)), reply;
+        CHECK(exchange(port, request, reply));
+        CHECK(reply == digest_line(request));
+    }
+    CHECK(back.accepted() == 10);
+    CHECK(alive(d));
+}
+
+TEST_CASE("a client that resets while its dial is pending cancels the dial at once", "[failover]") {
+    BlackHole hole;
+    REQUIRE(hole.swallows());
+    Daemon d(one_rule({hole.address()}), {"-w", "1", "-t", "5s"});
+    uint16_t port = d.port("r");
+    REQUIRE(port != 0);
+    std::vector<pid_t> workers = d.workers(1);
+    REQUIRE(workers.size() == 1);
+    const pid_t worker = workers[0];
+    const int baseline = settled_fd_count(worker);
+    REQUIRE(baseline > 0);
+
+    for (int round = 0; round < 3; ++round) {
+        net::Fd fd = dial(port);
+        REQUIRE(fd);
+        // Client socket + pending upstream socket.
+        REQUIRE(wait_until([&] { return fd_count(worker) == baseline + 2; }, 3000ms));
+        net::set_abortive_close(fd.get());
+        Clock::time_point t0 = Clock::now();
+        fd.reset();  // RST
+        CHECK(wait_until([&] { return fd_count(worker) == baseline; }, 3000ms));
+        CHECK(elapsed_ms(t0) < 3000);
+    }
+    CHECK(d.wait_log("client went away while dialing", 2000ms, 3));
+    CHECK(d.count("i/o timeout") == 0);
+    CHECK(d.count("no upstream of") == 0);
+    CHECK(alive(d));
+}
+
+TEST_CASE("dials that time out leave no descriptor behind and are never completed later", "[failover][leak]") {
+    BlackHole hole;
+    REQUIRE(hole.swallows());
+    Daemon d(one_rule({hole.address()}), {"-w", "1", "-v=false", "-t", "200ms"});
+    uint16_t port = d.port("r");
+    REQUIRE(port != 0);
+    std::vector<pid_t> workers = d.workers(1);
+    REQUIRE(workers.size() == 1);
+    const pid_t worker = workers[0];
+    const int baseline = settled_fd_count(worker);
+    REQUIRE(baseline > 0);
+
+    const int n = 20;
+    Clock::time_point t0 = Clock::now();
+    std::vector<net::Fd> clients;
+    for (int i = 0; i < n; ++i) {
+        clients.push_back(dial(port));
+        REQUIRE(clients.back());
+    }
+    int closed = 0;
+    for (net::Fd& c : clients) closed += closed_by_peer(c.get(), 3000ms);
+    CHECK(closed == n);
+    CHECK(d.wait_log("no upstream of (r) reachable", 3000ms, n));
+    CHECK(d.count("error dialing " + hole.address() + ": i/o timeout") == static_cast<size_t>(n));
+    CHECK(wait_until([&] { return fd_count(worker) == baseline; }, 3000ms));
+
+    // Make room in the hole. A dial socket kept past its deadline would
+    // retransmit its SYN about 1 s after it started and land here.
+    std::vector<uint16_t> strangers = hole.drain_strangers(t0 + 1700ms);
+    CHECK(strangers.empty());
+    CHECK(fd_count(worker) == baseline);
+    CHECK(alive(d));
+}

@@ -1,0 +1,429 @@
+// Load and abuse: slow peers with big transfers (memory stays bounded),
+// thousands of idle connections, a burst of resets. The real mixctl between
+// real sockets on loopback; every wait has a deadline.
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <atomic>
+#include <thread>
+
+#include <sys/resource.h>
+
+#include "harness.hpp"
+
+using namespace harness;
+
+namespace {
+
+// Raises this process's soft descriptor limit to its hard limit; returns the
+// soft limit now in force.
+rlim_t raise_own_fd_limit() {
+    rlimit lim{};
+    if (getrlimit(RLIMIT_NOFILE, &lim) != 0) return 0;
+    if (lim.rlim_cur < lim.rlim_max) {
+        lim.rlim_cur = lim.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &lim);
+        getrlimit(RLIMIT_NOFILE, &lim);
+    }
+    return lim.rlim_cur;
+}
+
+// The worker's descriptor count once it has stopped changing (a worker that
+// has just been forked may still be opening its own pipes).
+int settled_fd_count(pid_t pid, Ms limit = 3000ms) {
+    int last = fd_count(pid);
+    Clock::time_point stable_since = Clock::now(), end = Clock::now() + limit;
+    while (Clock::now() < end) {
+        std::this_thread::sleep_for(20ms);
+        int now = fd_count(pid);
+        if (now != last) {
+            last = now;
+            stable_since = Clock::now();
+        } else if (Clock::now() - stable_since >= 300ms) {
+            break;
+        }
+    }
+    return last;
+}
+
+// Samples a process's RSS every few milliseconds while alive; keeps the peak.
+class RssSampler {
+public:
+    explicit RssSampler(pid_t pid) : pid_(pid), thread_([this] { loop(); }) {}
+    ~RssSampler() { stop(); }
+    void stop() {
+        running_ = false;
+        if (thread_.joinable()) thread_.join();
+    }
+    long peak() const { return peak_.load(); }
+
+private:
+    void loop() {
+        while (running_) {
+            long kib = rss_kib(pid_);
+            if (kib > peak_.load()) peak_ = kib;
+            std::this_thread::sleep_for(5ms);
+        }
+    }
+    pid_t pid_;
+    std::atomic<bool> running_{true};
+    std::atomic<long> peak_{0};
+    std::thread thread_;
+};
+
+// A single-threaded poll() echo server, for thousands of connections that a
+// thread-per-connection server would turn into thousands of threads.
+class PollEcho {
+public:
+    PollEcho() {
+        listener_ = net::Fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+        int one = 1;
+        setsockopt(listener_.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        net::SockAddr at = loopback(0);
+        if (::bind(listener_.get(), at.get(), at.length) < 0 || ::listen(listener_.get(), 4096) < 0) {
+            listener_.reset();
+            return;
+        }
+        net::SockAddr bound;
+        net::local_address(listener_.get(), bound);
+        port_ = bound.port();
+        if (::pipe2(wake_, O_CLOEXEC | O_NONBLOCK) < 0) return;
+        thread_ = std::thread([this] { loop(); });
+    }
+    ~PollEcho() {
+        running_ = false;
+        if (wake_[1] >= 0) {
+            ssize_t n = ::write(wake_[1], "x", 1);
+            (void)n;
+        }
+        if (thread_.joinable()) thread_.join();
+        for (int fd : conns_) ::close(fd);
+        for (int fd : wake_)
+            if (fd >= 0) ::close(fd);
+    }
+    bool ok() const { return port_ != 0 && thread_.joinable(); }
+    std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
+    int accepted() const { return accepted_.load(); }
+    int active() const { return active_.load(); }
+
+private:
+    void loop() {
+        std::vector<pollfd> fds;
+        char buf[4096];
+        while (running_) {
+            fds.clear();
+            fds.push_back(pollfd{wake_[0], POLLIN, 0});
+            fds.push_back(pollfd{listener_.get(), POLLIN, 0});
+            for (int fd : conns_) fds.push_back(pollfd{fd, POLLIN, 0});
+            int ready = ::poll(fds.data(), fds.size(), 200);
+            if (ready <= 0) continue;
+            if (fds[1].revents) {
+                for (;;) {
+                    int fd = ::accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
+                    if (fd < 0) break;
+                    conns_.push_back(fd);
+                    accepted_.fetch_add(1);
+                    active_.fetch_add(1);
+                }
+            }
+            std::vector<int> gone;
+            for (size_t i = 2; i < fds.size(); ++i) {
+                if (!fds[i].revents) continue;
+                int fd = fds[i].fd;
+                ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+                if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) continue;
+                // Echo replies are tiny: the socket buffer always has room.
+                if (n <= 0 || ::send(fd, buf, static_cast<size_t>(n), MSG_NOSIGNAL) != n) gone.push_back(fd);
+            }
+            for (int fd : gone) {
+                ::close(fd);
+                conns_.erase(std::find(conns_.begin(), conns_.end(), fd));
+                active_.fetch_sub(1);
+            }
+        }
+    }
+
+    net::Fd listener_;
+    uint16_t port_ = 0;
+    int wake_[2] = {-1, -1};
+    std::thread thread_;
+    std::atomic<bool> running_{true};
+    std::atomic<int> accepted_{0}, active_{0};
+    std::vector<int> conns_;  // the loop thread's own
+};
+
+std::string one_rule(const std::string& upstream) { return rules_yaml({rule_yaml("r", "127.0.0.1:0", {upstream})}); }
+
+// One small exchange through the daemon (request, half-close, reply to EOF).
+bool exchange(uint16_t port, const std::string& request, std::string& reply) {
+    net::Fd fd = dial(port);
+    if (!fd || !send_all(fd.get(), request)) return false;
+    ::shutdown(fd.get(), SHUT_WR);
+    return read_to_eof(fd.get(), reply);
+}
+
+// Reads `size` bytes at about `per_ms` bytes per millisecond.
+bool read_paced(int fd, Checksum& sum, uint64_t size, size_t per_ms) {
+    std::unique_ptr<char[]> buf(new char[per_ms]);
+    uint64_t got = 0;
+    while (got < size) {
+        size_t want = static_cast<size_t>(std::min<uint64_t>(per_ms, size - got));
+        ssize_t n = ::recv(fd, buf.get(), want, 0);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) return false;
+        sum.add(buf.get(), static_cast<size_t>(n));
+        got += static_cast<uint64_t>(n);
+        std::this_thread::sleep_for(1ms);
+    }
+    return true;
+}
+
+constexpr uint64_t big = 200ull << 20;   // 200 MiB
+constexpr long rss_slack_kib = 4 * 1024; // the relay parks at most 32 KiB per direction
+
+}  // namespace
+
+TEST_CASE("a slow reader gets all 200 MB from a fast upstream while the worker's memory stays flat", "[stress]") {
+    std::atomic<uint64_t> sent_sum{0};
+    std::atomic<bool> sent_all{false};
+    Server up([&](int fd) {
+        set_timeouts(fd, 30000ms);
+        Checksum sum;
+        if (send_pattern(fd, big, 11, &sum)) {
+            sent_sum = sum.value();
+            sent_all = true;
+        }
+        ::shutdown(fd, SHUT_WR);
+        char c;
+        while (::recv(fd, &c, 1, 0) > 0) {
+        }
+    });
+    Server warm_up(digest);
+    Daemon d(rules_yaml({rule_yaml("r", "127.0.0.1:0", {up.address()}), rule_yaml("warm", "127.0.0.1:0", {warm_up.address()})}),
+             {"-w", "1", "-v=false"});
+    uint16_t port = d.port("r"), warm = d.port("warm");
+    REQUIRE(port != 0);
+    REQUIRE(warm != 0);
+    std::vector<pid_t> workers = d.workers(1);
+    REQUIRE(workers.size() == 1);
+    {  // warm the worker up (buffers, allocator) before taking the baseline
+        std::string reply;
+        REQUIRE(exchange(warm, pattern(4 << 20, 1), reply));
+    }
+    const long baseline = rss_kib(workers[0]);
+    REQUIRE(baseline > 0);
+
+    Clock::time_point start = Clock::now();
+    RssSampler rss(workers[0]);
+    net::Fd fd = dial(port, AF_INET, 30000ms);
+    REQUIRE(fd);
+    std::this_thread::sleep_for(1000ms);                          // reads nothing at first
+    Checksum got;
+    REQUIRE(read_paced(fd.get(), got, 8ull << 20, 16 * 1024));    // then slowly: 8 MiB at ~16 MB/s
+    std::this_thread::sleep_for(300ms);                           // stalls again
+    bool eof = read_to_eof(fd.get(), got);                        // then as fast as it can
+    rss.stop();
+    double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+    INFO("baseline RSS " << baseline << " KiB, peak " << rss.peak() << " KiB, " << seconds << " s");
+    CHECK(eof);
+    CHECK(wait_until([&] { return sent_all.load(); }));
+    CHECK(got.bytes() == big);
+    CHECK(got.value() == sent_sum.load());
+    CHECK(rss.peak() > 0);
+    CHECK(rss.peak() <= baseline + rss_slack_kib);
+}
+
+TEST_CASE("a client sending 200 MB to a slow upstream delivers every byte while the worker's memory stays flat", "[stress]") {
+    // The upstream reads nothing for a second, then slowly, then stalls
+    // again, then reads at full speed; it answers with a digest at EOF.
+    Server up([](int fd) {
+        set_timeouts(fd, 30000ms);
+        std::this_thread::sleep_for(1000ms);
+        Checksum sum;
+        if (!read_paced(fd, sum, 8ull << 20, 16 * 1024)) return;
+        std::this_thread::sleep_for(300ms);
+        if (!read_to_eof(fd, sum)) return;
+        char line[64];
+        int n = snprintf(line, sizeof line, "%llu %016llx\n", static_cast<unsigned long long>(sum.bytes()),
+                         static_cast<unsigned long long>(sum.value()));
+        send_all(fd, line, static_cast<size_t>(n));
+        ::shutdown(fd, SHUT_WR);
+    });
+    Server warm_up(digest);
+    Daemon d(rules_yaml({rule_yaml("r", "127.0.0.1:0", {up.address()}), rule_yaml("warm", "127.0.0.1:0", {warm_up.address()})}),
+             {"-w", "1", "-v=false"});
+    uint16_t port = d.port("r"), warm = d.port("warm");
+    REQUIRE(port != 0);
+    REQUIRE(warm != 0);
+    std::vector<pid_t> workers = d.workers(1);
+    REQUIRE(workers.size() == 1);
+    {  // warm the worker up: a few MB through it
+        std::string reply;
+        REQUIRE(exchange(warm, pattern(4 << 20, 1), reply));
+    }
+    const long baseline = rss_kib(workers[0]);
+    REQUIRE(baseline > 0);
+
+    Clock::time_point start = Clock::now();
+    RssSampler rss(workers[0]);
+    net::Fd fd = dial(port, AF_INET, 30000ms);
+    REQUIRE(fd);
+    // The client writes in bursts with pauses: 8 MiB, then 20 ms of nothing.
+    const std::string chunk = pattern(1 << 20, 77);
+    Checksum sent;
+    bool ok = true;
+    for (uint64_t done = 0; ok && done < big; done += chunk.size()) {
+        sent.add(chunk.data(), chunk.size());
+        ok = send_all(fd.get(), chunk);
+        if ((done / chunk.size()) % 8 == 7) std::this_thread::sleep_for(20ms);
+    }
+    REQUIRE(ok);
+    ::shutdown(fd.get(), SHUT_WR);
+    std::string reply;
+    bool eof = read_to_eof(fd.get(), reply);
+    rss.stop();
+    double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+    INFO("baseline RSS " << baseline << " KiB, peak " << rss.peak() << " KiB, " << seconds << " s");
+    CHECK(eof);
+    char want[64];
+    snprintf(want, sizeof want, "%llu %016llx\n", static_cast<unsigned long long>(sent.bytes()),
+             static_cast<unsigned long long>(sent.value()));
+    CHECK(reply == want);
+    CHECK(rss.peak() > 0);
+    CHECK(rss.peak() <= baseline + rss_slack_kib);
+}
+
+TEST_CASE("a burst of 500 connections through 2 workers reaches the upstream within seconds", "[stress]") {
+    // The workers share the listener; however they take turns, a burst
+    // must not wait on timers: 500 connects on loopback take milliseconds.
+    const int n = 500;
+    REQUIRE(raise_own_fd_limit() >= static_cast<rlim_t>(2 * n + 200));
+    PollEcho up;
+    REQUIRE(up.ok());
+    Daemon d(one_rule(up.address()), {"-w", "2", "-v=false"});
+    uint16_t port = d.port("r");
+    REQUIRE(port != 0);
+    REQUIRE(d.workers(2).size() == 2);
+    std::vector<net::Fd> clients;
+    Clock::time_point start = Clock::now();
+    for (int i = 0; i < n; ++i) {
+        clients.push_back(dial(port, AF_INET, 10000ms));
+        REQUIRE(clients.back());
+    }
+    bool all_up = wait_until([&] { return up.active() == n; }, 5000ms);
+    double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+    INFO("upstream has " << up.active() << " of " << n << " after " << seconds << " s");
+    REQUIRE(all_up);
+    for (net::Fd& fd : clients) REQUIRE(send_all(fd.get(), std::string("x")));
+    int good = 0;
+    for (net::Fd& fd : clients) {
+        std::string echoed;
+        if (read_exact(fd.get(), echoed, 1) && echoed == "x") ++good;
+    }
+    CHECK(good == n);
+}
+
+TEST_CASE("2,000 idle connections are held open at once, all still work, and every descriptor is freed", "[stress]") {
+    const int n = 2000;
+    REQUIRE(raise_own_fd_limit() >= static_cast<rlim_t>(2 * n + 200));
+    PollEcho up;
+    REQUIRE(up.ok());
+    Daemon d(one_rule(up.address()), {"-w", "2", "-v=false"});
+    uint16_t port = d.port("r");
+    REQUIRE(port != 0);
+    std::vector<pid_t> workers = d.workers(2);
+    REQUIRE(workers.size() == 2);
+    std::vector<int> baseline;
+    for (pid_t w : workers) baseline.push_back(settled_fd_count(w));
+    const int parent_baseline = fd_count(d.pid());
+
+    std::vector<net::Fd> clients;
+    clients.reserve(n);
+    for (int i = 0; i < n; ++i) {
+        clients.push_back(dial(port, AF_INET, 10000ms));
+        if (!clients.back()) FAIL("connect " << i << " failed: " << strerror(errno));
+    }
+    // Every one reaches the upstream and stays there, idle.
+    Clock::time_point start = Clock::now();
+    bool all_up = wait_until([&] { return up.active() == n; }, 15000ms);
+    INFO("upstream active " << up.active() << ", accepted " << up.accepted() << " after "
+                            << std::chrono::duration<double>(Clock::now() - start).count() << " s");
+    REQUIRE(all_up);
+    int held = 0;
+    for (size_t i = 0; i < workers.size(); ++i) held += fd_count(workers[i]) - baseline[i];
+    CHECK(held == 2 * n);  // a client and an upstream socket per connection
+    std::this_thread::sleep_for(500ms);  // idle for a moment
+    CHECK(up.active() == n);
+
+    // Each still works: one byte out, the same byte back.
+    for (int i = 0; i < n; ++i) {
+        char c = static_cast<char>('a' + i % 26);
+        REQUIRE(send_all(clients[static_cast<size_t>(i)].get(), &c, 1));
+    }
+    int good = 0;
+    for (int i = 0; i < n; ++i) {
+        std::string echoed;
+        if (read_exact(clients[static_cast<size_t>(i)].get(), echoed, 1) && echoed[0] == static_cast<char>('a' + i % 26))
+            ++good;
+    }
+    CHECK(good == n);
+
+    clients.clear();  // closes them all
+    CHECK(wait_until([&] { return up.active() == 0; }, 15000ms));
+    for (size_t i = 0; i < workers.size(); ++i) {
+        INFO("worker " << i);
+        CHECK(wait_until([&] { return fd_count(workers[i]) == baseline[i]; }, 10000ms));
+    }
+    CHECK(fd_count(d.pid()) == parent_baseline);
+    CHECK(d.workers(2) == workers);  // no worker died on the way
+    INFO(d.log());
+    CHECK(d.count("exited") == 0);
+}
+
+TEST_CASE("500 clients resetting at once leave the daemon serving and no descriptor behind", "[stress]") {
+    const int n = 500;
+    REQUIRE(raise_own_fd_limit() >= static_cast<rlim_t>(2 * n + 200));
+    PollEcho up;
+    REQUIRE(up.ok());
+    Daemon d(one_rule(up.address()), {"-w", "2", "-v=false"});
+    uint16_t port = d.port("r");
+    REQUIRE(port != 0);
+    std::vector<pid_t> workers = d.workers(2);
+    REQUIRE(workers.size() == 2);
+    std::vector<int> baseline;
+    for (pid_t w : workers) baseline.push_back(settled_fd_count(w));
+
+    std::vector<net::Fd> clients;
+    clients.reserve(n);
+    for (int i = 0; i < n; ++i) {
+        clients.push_back(dial(port, AF_INET, 10000ms));
+        REQUIRE(clients.back());
+    }
+    const std::string hello = "hello, then gone";
+    for (net::Fd& fd : clients) send_all(fd.get(), hello);
+    for (net::Fd& fd : clients) {
+        linger hard{1, 0};
+        setsockopt(fd.get(), SOL_SOCKET, SO_LINGER, &hard, sizeof hard);
+    }
+    clients.clear();  // 500 RSTs, back to back
+
+    // Still alive, and serves a normal connection right away.
+    CHECK(::kill(d.pid(), 0) == 0);
+    CHECK_FALSE(d.wait_exit(200ms).exited());
+    {
+        net::Fd fd = dial(port, AF_INET, 10000ms);
+        REQUIRE(fd);
+        REQUIRE(send_all(fd.get(), std::string("ping")));
+        std::string echoed;
+        REQUIRE(read_exact(fd.get(), echoed, 4));
+        CHECK(echoed == "ping");
+    }
+    CHECK(wait_until([&] { return up.active() == 0; }, 10000ms));
+    for (size_t i = 0; i < workers.size(); ++i) {
+        INFO("worker " << i << " fds " << fd_count(workers[i]) << " baseline " << baseline[i]);
+        CHECK(wait_until([&] { return fd_count(workers[i]) == baseline[i]; }, 10000ms));
+    }
+    CHECK(d.workers(2) == workers);
+    INFO(d.log());
+    CHECK(d.count("exited") == 0);
+}

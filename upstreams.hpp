@@ -1,0 +1,300 @@
+// upstreams.hpp - what every process knows about every upstream, and how a
+// connection picks one.
+//
+// The state lives in MAP_SHARED memory that the parent maps before forking,
+// so all workers (and a respawned one) see one picture: counters, passive
+// and active health, the round-robin cursor, and the current addresses of
+// names (rewritten by the checker process when DNS changes). Everything is
+// an atomic or behind a seqlock: no locks on the relay path.
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <new>
+#include <string>
+#include <vector>
+
+#include <sys/mman.h>
+
+#include "config.hpp"
+#include "net.hpp"
+
+namespace upstreams {
+
+constexpr int max_addresses = 8;  // per upstream name
+
+enum Probe : uint32_t { probe_unknown = 0, probe_up = 1, probe_down = 2 };
+
+struct UpstreamState {
+    // Counters, as served by SIGUSR1 stats.
+    std::atomic<uint32_t> active{0};
+    std::atomic<uint64_t> total{0};      // connections established
+    std::atomic<uint64_t> failed{0};     // connect attempts that failed
+    std::atomic<uint64_t> bytes_in{0};   // client -> upstream
+    std::atomic<uint64_t> bytes_out{0};  // upstream -> client
+    // Passive health: max_fails failures within fail_timeout -> down until.
+    std::atomic<int64_t> window_start_ms{0};
+    std::atomic<uint32_t> window_fails{0};
+    std::atomic<int64_t> down_until_ms{0};
+    // Active health, written by the checker.
+    std::atomic<uint32_t> probe{probe_unknown};
+    // A worker saw a connect fail: the checker re-resolves the name soon.
+    std::atomic<uint32_t> resolve_wanted{0};
+    // Addresses, single writer (the checker), seqlock for the readers.
+    std::atomic<uint32_t> version{0};
+    uint32_t address_count = 0;
+    net::SockAddr addresses[max_addresses];
+};
+
+struct RuleState {
+    std::atomic<uint64_t> cursor{0};  // round-robin, shared by all workers
+};
+
+// One rule's view for choosing: static facts from the config plus pointers
+// into the shared state.
+struct Pool {
+    const config::Rule* rule = nullptr;
+    RuleState* state = nullptr;
+    UpstreamState* first = nullptr;  // rule->to.size() consecutive entries
+    UpstreamState& at(size_t i) const { return first[i]; }
+    size_t size() const { return rule->to.size(); }
+};
+
+class Shared {
+public:
+    Shared() = default;
+    Shared(const Shared&) = delete;
+    Shared& operator=(const Shared&) = delete;
+    ~Shared() { unmap(); }
+
+    // resolved[r][u]: the addresses found at start for rule r, upstream u.
+    bool map(const config::Config& cfg, const std::vector<std::vector<std::vector<net::SockAddr>>>& resolved) {
+        unmap();
+        size_t upstream_count = 0;
+        for (const config::Rule& r : cfg.rules) upstream_count += r.to.size();
+        bytes_ = sizeof(RuleState) * cfg.rules.size() + sizeof(UpstreamState) * upstream_count;
+        void* memory = mmap(nullptr, bytes_, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+        if (memory == MAP_FAILED) return false;
+        memory_ = memory;
+        auto* rules = static_cast<RuleState*>(memory);
+        auto* ups = reinterpret_cast<UpstreamState*>(rules + cfg.rules.size());
+        size_t next = 0;
+        for (size_t r = 0; r < cfg.rules.size(); ++r) {
+            Pool pool;
+            pool.rule = &cfg.rules[r];
+            pool.state = new (&rules[r]) RuleState();
+            pool.first = &ups[next];
+            for (size_t u = 0; u < cfg.rules[r].to.size(); ++u) {
+                UpstreamState* s = new (&ups[next++]) UpstreamState();
+                set_addresses(*s, resolved[r][u]);
+            }
+            pools_.push_back(pool);
+        }
+        return true;
+    }
+
+    const Pool& pool(size_t rule) const { return pools_[rule]; }
+    size_t rules() const { return pools_.size(); }
+
+private:
+    void unmap() {
+        if (memory_) munmap(memory_, bytes_);
+        memory_ = nullptr;
+        pools_.clear();
+    }
+
+    void* memory_ = nullptr;
+    size_t bytes_ = 0;
+    std::vector<Pool> pools_;
+
+public:
+    // Single writer (the checker, or the parent before forking).
+    static void set_addresses(UpstreamState& s, const std::vector<net::SockAddr>& list) {
+        s.version.fetch_add(1, std::memory_order_acq_rel);  // odd: being written
+        std::atomic_thread_fence(std::memory_order_release);
+        s.address_count = static_cast<uint32_t>(std::min<size_t>(list.size(), max_addresses));
+        for (uint32_t i = 0; i < s.address_count; ++i) s.addresses[i] = list[i];
+        s.version.fetch_add(1, std::memory_order_release);  // even: stable
+    }
+};
+
+// Copies address `index` of an upstream; false when there is no such index.
+inline bool address_at(const UpstreamState& s, uint32_t index, net::SockAddr& out) {
+    for (;;) {
+        uint32_t before = s.version.load(std::memory_order_acquire);
+        if (before & 1) continue;
+        bool present = index < s.address_count;
+        if (present) out = s.addresses[index];
+        std::atomic_thread_fence(std::memory_order_acquire);
+        if (s.version.load(std::memory_order_relaxed) == before) return present;
+    }
+}
+
+inline std::vector<net::SockAddr> addresses_of(const UpstreamState& s) {
+    std::vector<net::SockAddr> out;
+    net::SockAddr a;
+    for (uint32_t i = 0; address_at(s, i, a); ++i) out.push_back(a);
+    return out;
+}
+
+// ---- health -------------------------------------------------------------
+
+inline bool passive_down(const UpstreamState& s, int64_t now_ms) {
+    return now_ms < s.down_until_ms.load(std::memory_order_relaxed);
+}
+
+inline bool is_up(const UpstreamState& s, int64_t now_ms) {
+    return s.probe.load(std::memory_order_relaxed) != probe_down && !passive_down(s, now_ms);
+}
+
+// Counts a failed connect. Returns true for the one caller that turned the
+// upstream down, so the transition is logged once across all workers.
+inline bool record_failure(UpstreamState& s, const config::Policy& policy, int64_t now_ms) {
+    s.failed.fetch_add(1, std::memory_order_relaxed);
+    const int64_t window = std::chrono::duration_cast<std::chrono::milliseconds>(policy.fail_timeout).count();
+    int64_t start = s.window_start_ms.load(std::memory_order_relaxed);
+    if (now_ms - start >= window && s.window_start_ms.compare_exchange_strong(start, now_ms))
+        s.window_fails.store(0, std::memory_order_relaxed);
+    uint32_t fails = s.window_fails.fetch_add(1, std::memory_order_relaxed) + 1;
+    if (fails < static_cast<uint32_t>(policy.max_fails)) return false;
+    int64_t until = s.down_until_ms.load(std::memory_order_relaxed);
+    if (until > now_ms) return false;
+    if (!s.down_until_ms.compare_exchange_strong(until, now_ms + window)) return false;
+    s.window_fails.store(0, std::memory_order_relaxed);
+    return true;
+}
+
+inline void record_success(UpstreamState& s) {
+    s.total.fetch_add(1, std::memory_order_relaxed);
+    if (s.window_fails.load(std::memory_order_relaxed) != 0) s.window_fails.store(0, std::memory_order_relaxed);
+}
+
+// ---- choosing -------------------------------------------------------------
+
+inline uint64_t mix64(uint64_t x) {
+    x ^= x >> 30;
+    x *= 0xbf58476d1ce4e5b9ULL;
+    x ^= x >> 27;
+    x *= 0x94d049bb133111ebULL;
+    x ^= x >> 31;
+    return x;
+}
+
+inline uint64_t hash_bytes(const void* data, size_t size, uint64_t seed) {
+    uint64_t h = 0xcbf29ce484222325ULL ^ seed;
+    const auto* p = static_cast<const unsigned char*>(data);
+    for (size_t i = 0; i < size; ++i) h = (h ^ p[i]) * 0x100000001b3ULL;
+    return mix64(h);
+}
+
+// The client's IP, without the port: source-hash keys on the host.
+inline uint64_t client_key(const net::SockAddr& client) {
+    if (client.family() == AF_INET) {
+        const auto* in = reinterpret_cast<const sockaddr_in*>(&client.storage);
+        return hash_bytes(&in->sin_addr, sizeof in->sin_addr, 0);
+    }
+    const auto* in6 = reinterpret_cast<const sockaddr_in6*>(&client.storage);
+    if (IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr)) return hash_bytes(&in6->sin6_addr.s6_addr[12], 4, 0);
+    return hash_bytes(&in6->sin6_addr, sizeof in6->sin6_addr, 0);
+}
+
+template <class Random>
+size_t pick(const Pool& pool, const std::vector<uint16_t>& group, const net::SockAddr& client, Random& random) {
+    const config::Rule& rule = *pool.rule;
+    auto weight = [&](size_t k) { return static_cast<uint64_t>(rule.to[group[k]].weight); };
+    uint64_t total = 0;
+    for (size_t k = 0; k < group.size(); ++k) total += weight(k);
+    switch (rule.policy.strategy) {
+        case config::Strategy::random:
+        case config::Strategy::round_robin: {
+            uint64_t ticket = rule.policy.strategy == config::Strategy::random
+                                  ? random() % total
+                                  : pool.state->cursor.fetch_add(1, std::memory_order_relaxed) % total;
+            for (size_t k = 0; k < group.size(); ++k) {
+                if (ticket < weight(k)) return k;
+                ticket -= weight(k);
+            }
+            return 0;
+        }
+        case config::Strategy::least_conn: {
+            // Fewest active per unit of weight; ties broken at random so that
+            // workers that read the same counters do not all pick the same one.
+            size_t best = 0, ties = 0;
+            for (size_t k = 0; k < group.size(); ++k) {
+                uint64_t a = pool.at(group[k]).active.load(std::memory_order_relaxed);
+                uint64_t b = pool.at(group[best]).active.load(std::memory_order_relaxed);
+                if (k == 0) {
+                    ties = 1;
+                    continue;
+                }
+                uint64_t lhs = a * weight(best), rhs = b * weight(k);
+                if (lhs < rhs) {
+                    best = k;
+                    ties = 1;
+                } else if (lhs == rhs && random() % ++ties == 0) {
+                    best = k;
+                }
+            }
+            return best;
+        }
+        case config::Strategy::source_hash: {
+            // Rendezvous hashing: each upstream scores the client; the best
+            // wins. Removing an upstream moves only the clients it had.
+            uint64_t key = client_key(client);
+            size_t best = 0;
+            double best_score = -1;
+            for (size_t k = 0; k < group.size(); ++k) {
+                const std::string& name = rule.to[group[k]].text;
+                uint64_t h = hash_bytes(name.data(), name.size(), key);
+                double unit = (static_cast<double>(h >> 11) + 0.5) / 9007199254740992.0;  // (0,1)
+                double score = -static_cast<double>(weight(k)) / std::log(unit);
+                if (score > best_score) {
+                    best_score = score;
+                    best = k;
+                }
+            }
+            return best;
+        }
+    }
+    return 0;
+}
+
+
+// Which upstreams a connection tries, in order. `out` holds indexes into the
+// rule's `to`. Returns false when nothing was up and the list is everything
+// (fail open), so the caller can say so.
+template <class Random>
+bool plan(const Pool& pool, const net::SockAddr& client, int64_t now_ms, Random& random, std::vector<uint16_t>& out) {
+    out.clear();
+    const config::Rule& rule = *pool.rule;
+    const size_t n = pool.size();
+    std::vector<uint16_t>& group = out;  // built in place: first the group that serves
+    for (bool backups : {false, true}) {
+        for (size_t i = 0; i < n; ++i)
+            if (rule.to[i].backup == backups && is_up(pool.at(i), now_ms)) group.push_back(static_cast<uint16_t>(i));
+        if (!group.empty()) break;
+    }
+    bool any_up = !group.empty();
+    if (!any_up)
+        for (size_t i = 0; i < n; ++i) group.push_back(static_cast<uint16_t>(i));
+
+    size_t first = pick(pool, group, client, random);
+    std::swap(group[0], group[first]);
+    // The rest in random order (Fisher-Yates over group[1..]).
+    for (size_t i = group.size(); i > 2; --i) std::swap(group[i - 1], group[1 + random() % (i - 1)]);
+    // Primaries that are up come first; backups that are up follow them, so
+    // a connect that fails on every primary still finds a backup.
+    if (any_up && !rule.to[group[0]].backup) {
+        size_t primaries = group.size();
+        for (size_t i = 0; i < n; ++i)
+            if (rule.to[i].backup && is_up(pool.at(i), now_ms)) group.push_back(static_cast<uint16_t>(i));
+        for (size_t i = group.size(); i > primaries + 1; --i)
+            std::swap(group[i - 1], group[primaries + random() % (i - primaries)]);
+    }
+    return any_up;
+}
+
+}  // namespace upstreams
