@@ -28,6 +28,8 @@ CATCH    := /usr/include/catch2/catch.hpp
 TESTS    := $(patsubst %.cpp,%.o,$(wildcard tests/*_test.cpp))
 SLIM     := -ffunction-sections -fdata-sections -Wl,--gc-sections
 BIN      := $(O)/mixctl
+# 64-bit atomics on 32-bit MIPS come from libatomic (linked only where used).
+ATOMIC   ?= -Wl,--as-needed -latomic
 # The static build optimises for size, unless CXXFLAGS is given.
 STATIC_OPT = $(if $(filter file,$(origin CXXFLAGS)),-Os,$(CXXFLAGS))
 BUILD    = $(WARN) $(if $(STATIC),$(STATIC_OPT) $(SLIM) -static -s,$(CXXFLAGS)) $(DEFS)
@@ -35,13 +37,13 @@ BUILD    = $(WARN) $(if $(STATIC),$(STATIC_OPT) $(SLIM) -static -s,$(CXXFLAGS)) 
 all: $(BIN)
 
 $(BIN): mixctl.cpp $(HEADERS) $(O)/.mixctl.flags
-	$(CXX) $(BUILD) -o $@ mixctl.cpp $(LDFLAGS)
+	$(CXX) $(BUILD) -o $@ mixctl.cpp $(LDFLAGS) $(ATOMIC)
 
 # Rewritten only when the compiler or the flags change (quotes dropped: it
 # is a fingerprint, not a command).
 $(O)/.mixctl.flags: FORCE
 	@mkdir -p $(O)
-	@printf '%s\n' '$(subst ',,$(CXX) $(BUILD) $(LDFLAGS))' > $@.new; \
+	@printf '%s\n' '$(subst ',,$(CXX) $(BUILD) $(LDFLAGS) $(ATOMIC))' > $@.new; \
 	if cmp -s $@.new $@; then rm -f $@.new; else mv -f $@.new $@; fi
 
 static: STATIC := 1

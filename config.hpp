@@ -15,6 +15,7 @@
 
 #include "flags.hpp"
 #include "net.hpp"
+#include "proxy_protocol.hpp"
 #include "yaml_lite.hpp"
 
 namespace config {
@@ -49,6 +50,7 @@ struct Policy {
     Duration fail_timeout = std::chrono::seconds(10);
     HealthCheck health;
     Duration resolve_interval = std::chrono::seconds(30);
+    proxy_protocol::Version proxy = proxy_protocol::Version::off;
 };
 
 struct Upstream {
@@ -108,7 +110,7 @@ public:
             return false;
         }
         build_rules(*rules, out);
-        check_duplicate_listeners(out);
+        check_duplicate_listeners();
         return diag_.errors.size() == errors_before;
     }
 
@@ -126,7 +128,11 @@ private:
         }
         for (const yaml_lite::Node& item : rules.items) {
             Rule rule;
-            if (build_rule(item, rule)) out.rules.push_back(std::move(rule));
+            bool ok = build_rule(item, rule);
+            // A rule with other errors still claims its listener, so a clash
+            // with it is reported in the same pass.
+            if (rule.from_line) listeners_.push_back({rule.from, rule.from_text, rule.from_line, rule.name});
+            if (ok) out.rules.push_back(std::move(rule));
         }
     }
 
@@ -250,6 +256,7 @@ private:
         else if (key == "fail_timeout") read_duration(entry, false, policy.fail_timeout);
         else if (key == "resolve_interval") read_duration(entry, false, policy.resolve_interval);
         else if (key == "health_check") read_health(entry.value, policy.health);
+        else if (key == "proxy_protocol") read_proxy(entry, policy.proxy);
         else return false;
         return true;
     }
@@ -265,6 +272,16 @@ private:
                 }
         error(entry.value.line, "strategy: unknown strategy \"" + entry.value.scalar +
                                     "\" (want random, round-robin, least-conn or source-hash)");
+    }
+
+    void read_proxy(const yaml_lite::Entry& entry, proxy_protocol::Version& out) {
+        const std::string& t = entry.value.scalar;
+        if (entry.value.kind == yaml_lite::Kind::Scalar && (t == "v1" || t == "v2" || t == "off")) {
+            out = t == "v1" ? proxy_protocol::Version::v1
+                            : t == "v2" ? proxy_protocol::Version::v2 : proxy_protocol::Version::off;
+            return;
+        }
+        error(entry.value.line, "proxy_protocol: \"" + t + "\" must be v1, v2 or off");
     }
 
     void read_int(const yaml_lite::Entry& entry, int low, int high, int& out) {
@@ -325,15 +342,15 @@ private:
     }
 
     // Two rules on one address would fail at bind time with a vaguer message.
-    void check_duplicate_listeners(const Config& config) {
-        for (size_t i = 0; i < config.rules.size(); ++i) {
-            const Rule& later = config.rules[i];
-            if (later.from.port == 0) continue;  // each port 0 binds its own ephemeral port
+    void check_duplicate_listeners() {
+        for (size_t i = 0; i < listeners_.size(); ++i) {
+            const Claim& later = listeners_[i];
+            if (later.where.port == 0) continue;  // each port 0 binds its own ephemeral port
             for (size_t j = 0; j < i; ++j) {
-                const Rule& earlier = config.rules[j];
-                if (same_listener(earlier.from, later.from)) {
-                    error(later.from_line, "from: \"" + later.from_text + "\" is already used by rule \"" +
-                                               earlier.name + "\" at line " + std::to_string(earlier.from_line));
+                const Claim& earlier = listeners_[j];
+                if (same_listener(earlier.where, later.where)) {
+                    error(later.line, "from: \"" + later.text + "\" is already used by rule \"" + earlier.rule +
+                                          "\" at line " + std::to_string(earlier.line));
                     break;
                 }
             }
@@ -354,6 +371,13 @@ private:
     const std::string& file_;
     Diagnostics& diag_;
     Policy defaults_;
+    struct Claim {
+        net::HostPort where;
+        std::string text;
+        int line;
+        std::string rule;
+    };
+    std::vector<Claim> listeners_;  // every parsed from:, valid rule or not
 };
 
 }  // namespace detail

@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include <sys/socket.h>
@@ -86,6 +87,19 @@ public:
             if (errno == EAGAIN || errno == EWOULDBLOCK) return 0;
             return errno;
         }
+        return 0;
+    }
+
+    // Bytes of our own that must go first (a PROXY header), ahead of anything
+    // relayed. Not counted as relayed bytes (a part that has to be parked,
+    // which a fresh socket's empty send buffer makes all but impossible, is).
+    int send_first(int destination, const std::string& data, BufferPool& pool) {
+        size_t sent = 0;
+        const uint64_t relayed = bytes_;
+        int err = send_all(destination, data.data(), data.size(), sent);
+        bytes_ = relayed;
+        if (err) return err;
+        if (sent < data.size()) park(data.data() + sent, data.size() - sent, pool);
         return 0;
     }
 

@@ -412,6 +412,17 @@ private:
         state.active.fetch_add(1, std::memory_order_relaxed);
         log_.trace("Connected %s => %s (%s)", listeners_[c.listener].address.c_str(), target_text(c).c_str(),
                    c.client_address.text().c_str());
+        if (rule_of(c).policy.proxy != proxy_protocol::Version::off) {
+            // Sent at once, not with the first client byte: with SSH the
+            // server speaks first and the client would wait forever.
+            net::SockAddr local;
+            net::local_address(c.client.get(), local);
+            std::string header = proxy_protocol::header(rule_of(c).policy.proxy, c.client_address, local);
+            if (int err = c.up.send_first(c.upstream.get(), header, pool_)) {
+                finish(id, net::errno_text(err).c_str(), true);
+                return;
+            }
+        }
         update_events(c);
     }
 

@@ -139,16 +139,10 @@ private:
     class NestingGuard {
     public:
         NestingGuard(Parser& parser, size_t at) : parser_(parser) {
-            if (parser_.nesting_ >= kMaxNesting) {
-                parser_.fail(at, "nesting too deep (more than 64 levels)");
-                return;
-            }
-            ++parser_.nesting_;
-            entered_ = true;
+            if (parser_.nesting_ >= kMaxNesting) parser_.fail(at, "nesting too deep (more than 64 levels)");
+            else entered_ = ++parser_.nesting_ > 0;
         }
-        ~NestingGuard() {
-            if (entered_) --parser_.nesting_;
-        }
+        ~NestingGuard() { if (entered_) --parser_.nesting_; }
         NestingGuard(const NestingGuard&) = delete;
         NestingGuard& operator=(const NestingGuard&) = delete;
         bool entered() const { return entered_; }
@@ -191,9 +185,8 @@ private:
         return lineStarts_[size_t(node.line) - 1] + size_t(node.column) - 1;
     }
 
-    void skipBlanks() {
-        while (isBlank(at(pos_))) ++pos_;
-    }
+    void skipBlanks() { while (isBlank(at(pos_))) ++pos_; }
+    bool consume(char c) { return at(pos_) == c ? (++pos_, true) : false; }
     void skipRestOfLine() { pos_ = std::min(lineEndOf(pos_) + 1, text_.size()); }
     // Blanks, then optionally a comment, then the line break.
     bool atCommentOrLineEnd() {
@@ -203,9 +196,11 @@ private:
 
     // ---- errors and nodes ------------------------------------------------------
 
-    void fail(size_t p, std::string message) {
+    // Always false, so that predicates can `return fail(...)`.
+    bool fail(size_t p, std::string message) {
         if (!failed_) errors_.push_back(Error{lineOf(p), columnOf(p), std::move(message)});
         failed_ = true;
+        return false;
     }
 
     std::string snippet(size_t p) const {
@@ -235,25 +230,42 @@ private:
         return first == '[' || first == '{';
     }
 
-    void addEntry(Node& map, Entry&& entry) {
-        for (const Entry& existing : map.entries) {
-            if (existing.key != entry.key) continue;
+    // Checked once a mapping is complete, by sorting: a pairwise scan is quadratic and a
+    // mapping with 100k keys would take minutes. Later duplicates are reported and dropped.
+    void removeDuplicateKeys(Node& map) {
+        std::vector<Entry>& entries = map.entries;
+        if (entries.size() < 2) return;
+        std::vector<size_t> order(entries.size());
+        for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+        std::stable_sort(order.begin(), order.end(),
+                         [&entries](size_t a, size_t b) { return entries[a].key < entries[b].key; });
+        std::vector<bool> duplicate(entries.size(), false);
+        size_t first = order[0];  // stable: the earliest entry of each run of equal keys
+        for (size_t i = 1; i < order.size(); ++i) {
+            const Entry& entry = entries[order[i]];
+            if (entry.key != entries[first].key) {
+                first = order[i];
+                continue;
+            }
+            duplicate[order[i]] = true;
             errors_.push_back(Error{entry.line, entry.column,
                                     "mapping key \"" + entry.key + "\" already defined at line " +
-                                        std::to_string(existing.line)});
-            return;
+                                        std::to_string(entries[first].line)});
         }
-        map.entries.push_back(std::move(entry));
+        size_t kept = 0;
+        for (size_t i = 0; i < entries.size(); ++i) {
+            if (duplicate[i]) continue;
+            if (kept != i) entries[kept] = std::move(entries[i]);  // a self-move would empty the entry
+            ++kept;
+        }
+        entries.erase(entries.begin() + std::ptrdiff_t(kept), entries.end());
     }
 
     // YAML forbids them and they would corrupt line/column bookkeeping and messages.
     bool rejectControlCharacters() {
         for (size_t p = 0; p < text_.size(); ++p) {
             unsigned char c = static_cast<unsigned char>(text_[p]);
-            if ((c < 0x20 && c != '\n' && c != '\t') || c == 0x7F) {
-                fail(p, "control characters are not allowed");
-                return false;
-            }
+            if ((c < 0x20 && c != '\n' && c != '\t') || c == 0x7F) return fail(p, "control characters are not allowed");
         }
         return true;
     }
@@ -263,16 +275,12 @@ private:
     Node parseDocument() {
         Line line;
         if (!nextContentLine(line)) return nullAt(1, 1);
-        if (line.indent == 0 && text_[line.content] == '%') {
-            fail(line.content, "directives (%) are not supported");
-            return {};
-        }
+        if (line.indent == 0 && text_[line.content] == '%')
+            return fail(line.content, "directives (%) are not supported"), Node{};
         if (line.marker && text_[line.content] == '-') {
             pos_ = line.content + 3;
-            if (!atCommentOrLineEnd()) {
-                fail(pos_, "content on the \"---\" line is not supported; start it on the next line");
-                return {};
-            }
+            if (!atCommentOrLineEnd())
+                return fail(pos_, "content on the \"---\" line is not supported; start it on the next line"), Node{};
             skipRestOfLine();
         }
         Node root = parseBlockNode(-1, false, 1, 1);
@@ -280,22 +288,22 @@ private:
         return root;
     }
 
-    void checkNothingAfterRoot(const Node& root) {
+    bool checkNothingAfterRoot(const Node& root) {
         Line line;
-        if (!nextContentLine(line)) return;
+        if (!nextContentLine(line)) return true;
         bool ended = false;
         if (line.marker && text_[line.content] == '.') {
             pos_ = line.content + 3;
             if (!atCommentOrLineEnd()) return fail(pos_, "content after the document end marker \"...\" is not supported");
             skipRestOfLine();
-            if (!nextContentLine(line)) return;
+            if (!nextContentLine(line)) return true;
             ended = true;
         }
         if (line.marker && text_[line.content] == '-') return fail(line.content, "multiple documents are not supported");
         if (ended) return fail(line.content, "content after the document end marker \"...\" is not supported");
         if (isInlineValue(root))
             return fail(line.content, "unexpected content after the top-level value on line " + std::to_string(root.line));
-        fail(line.content, "bad indentation (does not match any enclosing block)");
+        return fail(line.content, "bad indentation (does not match any enclosing block)");
     }
 
     // Skips blank and comment-only lines, starting with the line that holds pos_, and
@@ -311,10 +319,7 @@ private:
                 p = lineEndOf(afterBlanks) + 1;
                 continue;
             }
-            if (afterBlanks != content) {
-                fail(content, "found a tab character in indentation; use spaces");
-                return false;
-            }
+            if (afterBlanks != content) return fail(content, "found a tab character in indentation; use spaces");
             pos_ = p;
             line.content = content;
             line.marker = content == p && isDocumentMarker(p);
@@ -345,11 +350,9 @@ private:
         if (failed_ || !nextContentLine(line) || line.indent < indent) return false;
         if (line.indent == indent) return true;
         if (isInlineValue(previousValue))
-            fail(line.content, "bad indentation (the value on line " + std::to_string(previousValue.line) +
-                                   " is already complete)");
-        else
-            fail(line.content, "bad indentation (does not match any enclosing block)");
-        return false;
+            return fail(line.content, "bad indentation (the value on line " + std::to_string(previousValue.line) +
+                                          " is already complete)");
+        return fail(line.content, "bad indentation (does not match any enclosing block)");
     }
 
     // pos_ is at the first key, which may be mid-line ("- name: a"); `indent` is its column.
@@ -362,28 +365,25 @@ private:
             Entry entry;
             if (!parseMappingEntry(entry, indent)) break;
             bool more = continueBlock(indent, entry.value, line);
-            addEntry(map, std::move(entry));
+            map.entries.push_back(std::move(entry));
             if (!more) break;
             pos_ = line.content;
         }
+        removeDuplicateKeys(map);
         return map;
     }
 
     bool parseMappingEntry(Entry& entry, int indent) {
         const size_t keyPos = pos_;
         if (!checkNodeStart(keyPos)) return false;
-        if (isSequenceDash(keyPos)) {
-            fail(keyPos, "expected \"key: value\", found a sequence item (\"- \")");
-            return false;
-        }
+        if (isSequenceDash(keyPos)) return fail(keyPos, "expected \"key: value\", found a sequence item (\"- \")");
         if (!looksLikeKey(keyPos)) {
             std::string found = snippet(keyPos);
             bool colonWithoutSpace = found.find(':') != std::string::npos;
-            fail(keyPos, "expected \"key: value\", found " + found +
-                             (colonWithoutSpace ? " (a \":\" must be followed by a space)" : ""));
-            return false;
+            return fail(keyPos, "expected \"key: value\", found " + found +
+                                    (colonWithoutSpace ? " (a \":\" must be followed by a space)" : ""));
         }
-        Node key = parseKey(indent, false);
+        Node key = parseScalarOrFlow(indent, false);  // looksLikeKey ruled out brackets
         if (failed_) return false;
         skipBlanks();
         ++pos_;  // the ':' that looksLikeKey found
@@ -425,11 +425,8 @@ private:
         // "- name: a" and "- - a" open a collection whose indentation is its column.
         bool nestedSequence = isSequenceDash(pos_);
         if (!nestedSequence && !looksLikeKey(pos_)) return parseInlineValue(indent);
-        size_t tab = text_.find('\t', gap);
-        if (tab < pos_) {
-            fail(tab, "found a tab character in indentation; use spaces");
-            return {};
-        }
+        for (size_t p = gap; p < pos_; ++p)
+            if (text_[p] == '\t') return fail(p, "found a tab character in indentation; use spaces"), Node{};
         int column = int(pos_ - lineStartOf(pos_));
         return nestedSequence ? parseBlockSequence(column, false) : parseBlockMapping(column);
     }
@@ -446,10 +443,9 @@ private:
 
     // A scalar or flow collection in block context: it must end its line.
     Node parseInlineValue(int blockIndent) {
-        if (isSequenceDash(pos_)) {
-            fail(pos_, "a sequence item (\"- \") cannot start on the same line as its key; move it to the next line");
-            return {};
-        }
+        if (isSequenceDash(pos_))
+            return fail(pos_, "a sequence item (\"- \") cannot start on the same line as its key; move it to the next line"),
+                   Node{};
         Node value = parseScalarOrFlow(blockIndent, false);
         if (failed_) return value;
         if (atCommentOrLineEnd())
@@ -461,15 +457,20 @@ private:
 
     void failTextAfterValue(const Node& value) {
         if (value.kind == Kind::Scalar && !value.quoted)  // a block plain scalar only stops early at ": "
-            return fail(pos_, "unexpected \":\" after a value (quote values that contain \": \")");
-        if (value.kind == Kind::Scalar) {
-            if (lineOf(pos_) == value.line) return fail(pos_, "unexpected text after quoted scalar");
-            return fail(offsetOf(value), "quoted scalar is followed by unexpected text on line " +
-                                             std::to_string(lineOf(pos_)) + " (missing closing quote?)");
-        }
-        if (value.kind == Kind::Mapping) return fail(pos_, "unexpected text after flow mapping");
-        if (at(pos_) == ':') return fail(pos_, "unexpected text after flow sequence (quote addresses like \"[::1]:22\")");
-        fail(pos_, "unexpected text after flow sequence");
+            fail(pos_, "unexpected \":\" after a value (quote values that contain \": \")");
+        else if (value.kind == Kind::Scalar && lineOf(pos_) == value.line)
+            fail(pos_, "unexpected text after quoted scalar");
+        else if (value.kind == Kind::Scalar)
+            fail(offsetOf(value), "quoted scalar is followed by unexpected text on line " +
+                                      std::to_string(lineOf(pos_)) + " (missing closing quote?)");
+        else if (at(pos_) == ':' && isSpaceOrLineEnd(pos_ + 1))
+            fail(pos_, "flow collections as mapping keys are not supported");
+        else if (value.kind == Kind::Mapping)
+            fail(pos_, "unexpected text after flow mapping");
+        else if (at(pos_) == ':')
+            fail(pos_, "unexpected text after flow sequence (quote addresses like \"[::1]:22\")");
+        else
+            fail(pos_, "unexpected text after flow sequence");
     }
 
     // Is the text at p a "key:" (with a space or line end after the colon)?
@@ -510,15 +511,10 @@ private:
     // Things YAML allows at the start of a node that this parser refuses by name.
     bool checkNodeStart(size_t p) {
         char c = at(p);
-        if (c == '&' || c == '*' || c == '!')
-            fail(p, "anchors, aliases and tags are not supported");
-        else if (c == '|' || c == '>')
-            fail(p, "block scalars (| and >) are not supported");
-        else if (c == '?' && isSpaceOrLineEnd(p + 1))
-            fail(p, "explicit keys (\"? \") are not supported");
-        else
-            return true;
-        return false;
+        if (c == '&' || c == '*' || c == '!') return fail(p, "anchors, aliases and tags are not supported");
+        if (c == '|' || c == '>') return fail(p, "block scalars (| and >) are not supported");
+        if (c == '?' && isSpaceOrLineEnd(p + 1)) return fail(p, "explicit keys (\"? \") are not supported");
+        return true;
     }
 
     bool plainCanStart(size_t p, bool flow) const {
@@ -531,16 +527,12 @@ private:
         return true;
     }
 
-    void failCannotStart(size_t p) {
+    bool failCannotStart(size_t p) {
         char c = at(p);
-        if (c == ':')
-            fail(p, "missing mapping key before \":\"");
-        else if (isFlowIndicator(c))
-            fail(p, std::string("unexpected \"") + c + "\"");
-        else if (isLineEnd(p))
-            fail(p, "unexpected end of line");
-        else
-            fail(p, std::string("\"") + c + "\" cannot start a plain scalar; quote the value");
+        if (c == ':') return fail(p, "missing mapping key before \":\"");
+        if (isFlowIndicator(c)) return fail(p, std::string("unexpected \"") + c + "\"");
+        if (isLineEnd(p)) return fail(p, "unexpected end of line");
+        return fail(p, std::string("\"") + c + "\" cannot start a plain scalar; quote the value");
     }
 
     Node parseScalarOrFlow(int blockIndent, bool flow) {
@@ -550,19 +542,7 @@ private:
         if (c == '{') return parseFlowMapping(blockIndent);
         // Inside brackets a forgotten quote is caught by the collection's own checks.
         if (c == '"' || c == '\'') return parseQuoted(flow ? -1 : blockIndent);
-        if (!plainCanStart(pos_, flow)) {
-            failCannotStart(pos_);
-            return {};
-        }
-        return parsePlain(flow);
-    }
-
-    Node parseKey(int blockIndent, bool flow) {
-        if (at(pos_) == '"' || at(pos_) == '\'') return parseQuoted(flow ? -1 : blockIndent);
-        if (!plainCanStart(pos_, flow)) {
-            failCannotStart(pos_);
-            return {};
-        }
+        if (!plainCanStart(pos_, flow)) return failCannotStart(pos_), Node{};
         return parsePlain(flow);
     }
 
@@ -592,18 +572,14 @@ private:
     // into an error at the line that opened it instead of somewhere further down.
     bool skipFlowSpace(size_t open, int blockIndent) {
         while (!failed_) {
-            char c = at(pos_);
-            if (isBlank(c)) {
+            if (isBlank(at(pos_))) {
                 ++pos_;
             } else if (startsComment(pos_)) {
                 pos_ = lineEndOf(pos_);
-            } else if (c == '\n') {
-                ++pos_;
+            } else if (consume('\n')) {
                 checkFlowContinuation(open, blockIndent);
-            } else if (pos_ >= text_.size()) {
-                failUnclosed(open, 0);
             } else {
-                return true;
+                return pos_ < text_.size() || failUnclosed(open, 0);
             }
         }
         return false;
@@ -618,14 +594,21 @@ private:
         failUnclosed(open, lineOf(p));
     }
 
-    void failUnclosed(size_t open, int endedAtLine) {
-        bool sequence = text_[open] == '[';
-        std::string message = sequence ? "unterminated flow sequence (\"[\" is " : "unterminated flow mapping (\"{\" is ";
-        if (endedAtLine == 0)
-            message += "never closed)";
-        else
-            message += "not closed before line " + std::to_string(endedAtLine) + "; continuation lines must be indented)";
-        fail(open, message);
+    bool failUnclosed(size_t open, int endedAtLine) {
+        std::string message = text_[open] == '[' ? "unterminated flow sequence (\"[\" is " : "unterminated flow mapping (\"{\" is ";
+        if (endedAtLine == 0) return fail(open, message + "never closed)");
+        return fail(open, message + "not closed before line " + std::to_string(endedAtLine) +
+                              "; continuation lines must be indented)");
+    }
+
+    // After an entry, "," continues a flow collection and its closing bracket ends it.
+    bool continueFlow(char close) {
+        if (consume(',')) return true;
+        if (consume(close)) return false;
+        if (close == '}') return fail(pos_, "expected \",\" or \"}\" in flow mapping");
+        if (at(pos_) == ':')
+            return fail(pos_, "key: value pairs directly inside a flow sequence are not supported; use {key: value}");
+        return fail(pos_, "expected \",\" or \"]\" in flow sequence");
     }
 
     Node parseFlowSequence(int blockIndent) {
@@ -634,25 +617,9 @@ private:
         if (!guard.entered()) return {};
         Node seq = nodeAt(Kind::Sequence, open);
         ++pos_;
-        while (skipFlowSpace(open, blockIndent)) {
-            if (at(pos_) == ']') {
-                ++pos_;
-                break;
-            }
+        while (skipFlowSpace(open, blockIndent) && !consume(']')) {
             seq.items.push_back(parseScalarOrFlow(blockIndent, true));
-            if (failed_ || !skipFlowSpace(open, blockIndent)) break;
-            char c = at(pos_);
-            if (c == ',') {
-                ++pos_;
-                continue;
-            }
-            if (c == ']') {
-                ++pos_;
-                break;
-            }
-            fail(pos_, c == ':' ? "key: value pairs directly inside a flow sequence are not supported; use {key: value}"
-                                : "expected \",\" or \"]\" in flow sequence");
-            break;
+            if (failed_ || !skipFlowSpace(open, blockIndent) || !continueFlow(']')) break;
         }
         return seq;
     }
@@ -663,44 +630,25 @@ private:
         if (!guard.entered()) return {};
         Node map = nodeAt(Kind::Mapping, open);
         ++pos_;
-        while (skipFlowSpace(open, blockIndent)) {
-            if (at(pos_) == '}') {
-                ++pos_;
-                break;
-            }
+        while (skipFlowSpace(open, blockIndent) && !consume('}')) {
             Entry entry;
             if (!parseFlowEntry(entry, open, blockIndent)) break;
-            addEntry(map, std::move(entry));
-            if (!skipFlowSpace(open, blockIndent)) break;
-            char c = at(pos_);
-            if (c == ',') {
-                ++pos_;
-                continue;
-            }
-            if (c == '}') {
-                ++pos_;
-                break;
-            }
-            fail(pos_, "expected \",\" or \"}\" in flow mapping");
-            break;
+            map.entries.push_back(std::move(entry));
+            if (!skipFlowSpace(open, blockIndent) || !continueFlow('}')) break;
         }
+        removeDuplicateKeys(map);
         return map;
     }
 
     bool parseFlowEntry(Entry& entry, size_t open, int blockIndent) {
-        if (at(pos_) == '[' || at(pos_) == '{') {
-            fail(pos_, "flow collections as mapping keys are not supported");
-            return false;
-        }
-        if (!checkNodeStart(pos_)) return false;
-        Node key = parseKey(blockIndent, true);
+        if (at(pos_) == '[' || at(pos_) == '{') return fail(pos_, "flow collections as mapping keys are not supported");
+        Node key = parseScalarOrFlow(blockIndent, true);
         if (failed_ || !skipFlowSpace(open, blockIndent)) return false;
         entry.key = std::move(key.scalar);
         entry.line = key.line;
         entry.column = key.column;
         entry.value = nullAt(key.line, key.column);  // "{a, b}" lists keys whose values are null
-        if (at(pos_) != ':') return true;
-        ++pos_;
+        if (!consume(':')) return true;
         if (!skipFlowSpace(open, blockIndent)) return false;
         if (at(pos_) == ',' || at(pos_) == '}') return true;
         entry.value = parseScalarOrFlow(blockIndent, true);
@@ -777,11 +725,7 @@ private:
     void decodeEscape(std::string& out, size_t open, int blockIndent) {
         const size_t escape = pos_;
         const char e = at(pos_ + 1);
-        if (e == '\n') {
-            ++pos_;
-            foldLineBreak(out, open, blockIndent, true);
-            return;
-        }
+        if (e == '\n') return ++pos_, foldLineBreak(out, open, blockIndent, true);
         pos_ += 2;
         switch (e) {
             case '0': out += '\0'; return;
@@ -818,11 +762,9 @@ private:
 
     void decodeCodePoint(std::string& out, size_t escape, int digits) {
         uint32_t cp = 0;
-        if (!readHex(pos_, digits, cp)) {
-            fail(escape, std::string("invalid escape sequence \"\\") + text_[escape + 1] + "\" (expected " +
-                             std::to_string(digits) + " hex digits)");
-            return;
-        }
+        if (!readHex(pos_, digits, cp))
+            return (void)fail(escape, std::string("invalid escape sequence \"\\") + text_[escape + 1] + "\" (expected " +
+                                          std::to_string(digits) + " hex digits)");
         pos_ += size_t(digits);
         // JSON spells characters beyond U+FFFF as surrogate pairs; accept that spelling too.
         uint32_t low = 0;
@@ -831,10 +773,8 @@ private:
             cp = 0x10000 + ((cp - 0xD800) << 10) + (low - 0xDC00);
             pos_ += 6;
         }
-        if (cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) {
-            fail(escape, "escape sequence is not a valid unicode code point");
-            return;
-        }
+        if (cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
+            return (void)fail(escape, "escape sequence is not a valid unicode code point");
         appendUtf8(out, cp);
     }
 };

@@ -92,18 +92,23 @@ def cpu_seconds(root):
     return total / CLK_TCK
 
 
-def pss_kib(root):
-    total = 0
+def memory_kib(root):
+    """(PSS, USS) of the process tree in KiB, from smaps_rollup. PSS counts a
+    page shared by k processes as 1/k (pre-forked workers are not counted
+    twice); USS is the private part only, which other processes mapping the
+    same libraries do not move."""
+    pss = uss = 0
     for pid in tree(root):
         try:
             with open("/proc/%d/smaps_rollup" % pid) as f:
                 for line in f:
                     if line.startswith("Pss:"):
-                        total += int(line.split()[1])
-                        break
+                        pss += int(line.split()[1])
+                    elif line.startswith(("Private_Clean:", "Private_Dirty:")):
+                        uss += int(line.split()[1])
         except OSError:
             pass
-    return total
+    return pss, uss
 
 
 def fd_count(root):
@@ -131,6 +136,23 @@ def cpu_stat(cpus):
     return busy / CLK_TCK, soft / CLK_TCK, steal / CLK_TCK
 
 
+def runqueue_wait_s(root):
+    """seconds the process tree spent runnable but waiting for a CPU (schedstat)."""
+    total = 0
+    for pid in tree(root):
+        try:
+            tasks = os.listdir("/proc/%d/task" % pid)
+        except OSError:
+            continue
+        for tid in tasks:
+            try:
+                with open("/proc/%d/task/%s/schedstat" % (pid, tid)) as f:
+                    total += int(f.read().split()[1])
+            except (OSError, IndexError, ValueError):
+                pass
+    return total / 1e9
+
+
 class Window:
     """A timed run: the proxy's CPU seconds, and how busy its CPUs were with
     anything else (other processes on this shared machine, kernel threads)."""
@@ -139,6 +161,7 @@ class Window:
         self.cpus, self.pid = setup.proxy_cpu_set, proxy_pid
         self.t0 = time.monotonic()
         self.c0 = cpu_seconds(proxy_pid) if proxy_pid else 0.0
+        self.q0 = runqueue_wait_s(proxy_pid) if proxy_pid else 0.0
         self.s0 = cpu_stat(self.cpus)
 
     def done(self):
@@ -148,6 +171,7 @@ class Window:
         busy, soft, steal = (b - a for a, b in zip(self.s0, s1))
         span = wall * len(self.cpus)
         self.proxy_s = proxy
+        self.wait_pct = ((runqueue_wait_s(self.pid) - self.q0) / wall * 100) if self.pid else None
         self.other_pct = max(0.0, busy - proxy) / span * 100
         self.softirq_pct = soft / span * 100
         self.steal_pct = steal / span * 100
@@ -157,6 +181,8 @@ class Window:
 def noise(res, w):
     res.setdefault("_other", []).append(w.other_pct)
     res.setdefault("_steal", []).append(w.steal_pct)
+    if w.wait_pct is not None:
+        res.setdefault("_wait", []).append(w.wait_pct)
 
 
 class Procs:
@@ -169,7 +195,8 @@ class Procs:
     nice = 0
 
     def prefix(self, cpus):
-        return (["nice", "-n", str(self.nice)] if self.nice else []) + (["taskset", "-c", cpus] if cpus else [])
+        # the process nice is inherited from this runner (os.nice in main)
+        return ["taskset", "-c", cpus] if cpus else []
 
     def start(self, name, argv, cpus, logfile):
         cmd = self.prefix(cpus) + argv
@@ -180,6 +207,7 @@ class Procs:
         finally:
             out.close()
         self.live[p.pid] = (p, name)
+        self.prioritize(p.pid)
         return p
 
     def run(self, name, argv, cpus, timeout):
@@ -188,6 +216,7 @@ class Procs:
         p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              start_new_session=True, close_fds=True)
         self.live[p.pid] = (p, name)
+        self.prioritize(p.pid)
         try:
             out, err = p.communicate(timeout=timeout)
             return p.returncode, out.decode(errors="replace"), err.decode(errors="replace")
@@ -196,6 +225,17 @@ class Procs:
             return None, "", "timeout"
         finally:
             self.stop(p, grace=1.0)
+
+    def prioritize(self, pid):
+        """Each process starts in its own session, so with autogroup scheduling
+        it is its own group and its nice value would only count inside it:
+        give the group the same nice (needs root)."""
+        if self.nice:
+            try:
+                with open("/proc/%d/autogroup" % pid, "w") as f:
+                    f.write(str(self.nice))
+            except OSError:
+                pass
 
     def stop(self, p, grace=3.0):
         if p.pid not in self.live:
@@ -263,8 +303,18 @@ def become_subreaper():
 
 # -------------------------------------------------------------- environment --
 
+def which(cmd):
+    """PATH lookup, plus the sbin directories a non-root PATH may lack."""
+    found = shutil.which(cmd)
+    if not found:
+        for d in ("/usr/sbin", "/sbin"):
+            if os.access(os.path.join(d, cmd), os.X_OK):
+                return os.path.join(d, cmd)
+    return found
+
+
 def have(cmd):
-    return shutil.which(cmd) is not None
+    return which(cmd) is not None
 
 
 def ensure_packages():
@@ -272,7 +322,7 @@ def ensure_packages():
     want = []
     for cmd, pkg in (("taskset", "util-linux"), ("haproxy", "haproxy"), ("nginx", "nginx"),
                      ("iperf3", "iperf3"), ("wrk", "wrk")):
-        if not have(cmd) and not (cmd == "nginx" and os.path.exists("/usr/sbin/nginx")):
+        if not have(cmd):
             want.append(pkg)
     if not os.path.exists(STREAM_MODULE):
         want.append("libnginx-mod-stream")
@@ -305,13 +355,13 @@ def ensure_packages():
 
 
 def binaries():
-    nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
+    nginx = which("nginx")
     return {
-        "haproxy": shutil.which("haproxy"),
+        "haproxy": which("haproxy"),
         "nginx": nginx if nginx and os.path.exists(STREAM_MODULE) else None,
         "nginx_http": nginx,
-        "iperf3": shutil.which("iperf3"),
-        "wrk": shutil.which("wrk"),
+        "iperf3": which("iperf3"),
+        "wrk": which("wrk"),
         "mixctl": os.path.join(ROOT, "mixctl") if os.access(os.path.join(ROOT, "mixctl"), os.X_OK) else None,
     }
 
@@ -653,7 +703,7 @@ def measure_proxy_http(kind, setup, rep):
     try:
         time.sleep(0.3)
         base_fds = fd_count(p.pid)
-        res["pss_idle_kib"] = pss_kib(p.pid)
+        res["pss_idle_kib"], res["uss_idle_kib"] = memory_kib(p.pid)
         holder = []
         try:
             deadline = time.monotonic() + 60
@@ -662,9 +712,10 @@ def measure_proxy_http(kind, setup, rep):
                 if held < n:
                     log("%s: only %d of %d idle connections reached the upstream" % (kind, held, n))
                 time.sleep(0.3)
-                pss = pss_kib(p.pid)
+                pss, uss = memory_kib(p.pid)
                 res["pss_%s_kib" % key] = pss
                 res["kib_per_conn_%s" % key] = (pss - res["pss_idle_kib"]) / max(1, len(holder))
+                res["uss_kib_per_conn_%s" % key] = (uss - res["uss_idle_kib"]) / max(1, len(holder))
                 res["conns_%s" % key] = len(holder)
         finally:
             for s in holder:
@@ -759,13 +810,14 @@ METRICS = [
     ("ka_p99_us", "keep-alive p99 latency", "us", "lo", "%.0f"),
     ("ka_cpu_us", "CPU per request", "us", "lo", "%.2f"),
     ("pss_idle_kib", "PSS idle (process tree)", "KiB", "lo", "%.0f"),
+    ("uss_idle_kib", "USS idle (private pages)", "KiB", "lo", "%.0f"),
     ("pss_1_kib", "PSS with N1 idle conns", "KiB", "lo", "%.0f"),
     ("pss_2_kib", "PSS with N2 idle conns", "KiB", "lo", "%.0f"),
     ("kib_per_conn_1", "memory per idle conn (N1)", "KiB", "lo", "%.2f"),
     ("kib_per_conn_2", "memory per idle conn (N2)", "KiB", "lo", "%.2f"),
     ("startup_ms", "startup to first reply", "ms", "lo", "%.1f"),
     ("binary_kib", "binary size (stripped)", "KiB", "lo", "%.0f"),
-    ("other_pct", "noise: other work on proxy CPU", "% of it", "lo", "%.1f"),
+    ("runq_wait_pct", "noise: proxy runnable, waiting for CPU", "% of time", "lo", "%.1f"),
 ]
 
 
@@ -795,7 +847,7 @@ def render(summary, targets, n1, n2, title):
         anyval = False
         for t in targets:
             s = summary.get(t, {}).get(key)
-            if not s or (t == "direct" and key.startswith("other")):
+            if not s:
                 row.append("-")
                 continue
             anyval = True
@@ -803,7 +855,7 @@ def render(summary, targets, n1, n2, title):
             if len(s["runs"]) > 1:
                 cell += " ±%.0f%%" % s["spread_pct"]
             b = base.get(key)
-            if t != "haproxy" and b and b["median"] and not key.startswith("other"):
+            if t != "haproxy" and b and b["median"] and not key.startswith("runq"):
                 cell += "  %.2fx" % (s["median"] / b["median"])
             row.append(cell)
         if anyval:
@@ -839,9 +891,9 @@ def parse_args():
     ap.add_argument("--startups", type=int, default=0, help="starts per repetition for startup time (default 3)")
     ap.add_argument("--budget", type=int, default=330, help="seconds: no repetition past the 2nd starts if it "
                     "would end after this (default 330)")
-    ap.add_argument("--nice", type=int, default=int(os.environ.get("BENCH_NICE", "-10" if os.geteuid() == 0 else "0")),
-                    help="nice level for everything the bench runs (default -10 as root: shields the figures "
-                    "from other work on a shared machine; 0 turns it off)")
+    ap.add_argument("--nice", type=int, default=int(os.environ.get("BENCH_NICE", "-19" if os.geteuid() == 0 else "0")),
+                    help="nice level (process and autogroup) for everything the bench runs (default -19 as root: "
+                    "shields the figures from other work on a shared machine; 0 turns it off)")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs)")
     a = ap.parse_args()
     a.reps = max(2, a.reps or (2 if a.quick else 3))
@@ -857,13 +909,36 @@ def parse_args():
 def main():
     args = parse_args()
     become_subreaper()
+    own_group_nice = None
     if args.nice:
         try:
             os.nice(args.nice)
             PROCS.nice = args.nice
+            own_group_nice = autogroup_nice(os.getpid(), args.nice)
         except OSError:
             log("cannot set nice %d: running at the default priority" % args.nice)
             args.nice = 0
+    try:
+        run(args)
+    finally:
+        if own_group_nice is not None:
+            autogroup_nice(os.getpid(), own_group_nice)
+
+
+def autogroup_nice(pid, nice):
+    """Sets the nice of pid's autogroup (this runner's is its caller's
+    session: restored at the end); returns the previous value or None."""
+    try:
+        with open("/proc/%d/autogroup" % pid) as f:
+            old = int(f.read().split()[-1])
+        with open("/proc/%d/autogroup" % pid, "w") as f:
+            f.write(str(nice))
+        return old
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def run(args):
     try:
         os.sched_setaffinity(0, {int(c) for c in args.load_cpus.split(",")})
     except (OSError, ValueError):
@@ -902,7 +977,8 @@ def main():
     meta["busy_before_pct"] = (b1[0] - b0[0] + b1[1] - b0[1]) / ((time.monotonic() - t0) * os.cpu_count()) * 100
     if meta["busy_before_pct"] > 15:
         log("warning: before the run other processes kept the CPUs %.0f%% busy: rates and latencies will be noisy "
-            "(CPU-per-unit and memory figures much less so); the table's noise row shows it per target"
+            "(CPU-per-unit and memory figures much less so); the table's noise row shows how long the proxy "
+            "waited for its CPU"
             % meta["busy_before_pct"])
     meta["versions"] = {
         "mixctl": version_of([bins["mixctl"], "-version"]),
@@ -936,15 +1012,20 @@ def main():
             order = targets[rep % len(targets):] + targets[:rep % len(targets)]
             for t in order:
                 log("rep %d/%d: %s" % (rep + 1, args.reps, t))
-                if t == "direct":
-                    res = measure_direct(setup)
-                else:
-                    res = {}
-                    if setup.http_ports:
-                        res.update(measure_proxy_http(t, setup, rep))
-                    if bins["iperf3"]:
-                        res.update(measure_proxy_bulk(t, setup, rep))
-                for key, lst in (("other_pct", res.pop("_other", [])), ("steal_pct", res.pop("_steal", []))):
+                res = {}
+                try:
+                    if t == "direct":
+                        res.update(measure_direct(setup))
+                    else:
+                        if setup.http_ports:
+                            res.update(measure_proxy_http(t, setup, rep))
+                        if bins["iperf3"]:
+                            res.update(measure_proxy_bulk(t, setup, rep))
+                except (RuntimeError, OSError) as e:  # one target's failure does not end the run
+                    log("%s: %s (rep %d keeps what was measured)" % (t, e, rep + 1))
+                    res.setdefault("_failures", []).append(str(e))
+                for key, lst in (("other_pct", res.pop("_other", [])), ("steal_pct", res.pop("_steal", [])),
+                                 ("runq_wait_pct", res.pop("_wait", []))):
                     if lst:
                         res[key] = statistics.mean(lst)
                 runs[t].append(res)

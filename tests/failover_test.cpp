@@ -147,9 +147,9 @@ TEST_CASE("one refused upstream of three: 100 of 100 connections served byte-exa
     }
     CHECK(good == 100);
     CHECK(a.accepted() + b.accepted() == 100);
-    // A uniform first pick lands on the dead one about 33 times in 100.
+    // A uniform first pick meets the dead one soon; passive health may then
+    // skip it, so one line is all that is certain.
     CHECK(d.wait_log("error dialing " + refused_address + ": connection refused"));
-    CHECK(d.count("error dialing " + refused_address + ": connection refused") >= 5);
     CHECK(d.count("no upstream of") == 0);
     CHECK(alive(d));
 }
@@ -161,10 +161,11 @@ TEST_CASE("an upstream that never answers the SYN: every connection fails over w
     Daemon d(one_rule({hole.address(), healthy.address()}), {"-w", "1", "-v=false", "-t", "300ms"});
     uint16_t port = d.port("r");
     REQUIRE(port != 0);
-    // Random first pick: go on until several connections met the hole first.
+    // Go on until a connection met the hole first (passive health may skip
+    // it after that).
     int served = 0, tried = 0;
     long slowest = 0;
-    while (tried < 40 && (tried < 10 || d.count("i/o timeout") < 2)) {
+    while (tried < 40 && (tried < 10 || d.count("i/o timeout") < 1)) {
         ++tried;
         std::string request = pattern(500, static_cast<uint64_t>(tried)), reply;
         Clock::time_point t0 = Clock::now();
@@ -176,7 +177,7 @@ TEST_CASE("an upstream that never answers the SYN: every connection fails over w
     INFO("slowest connection took " << slowest << " ms");
     CHECK(served == tried);
     CHECK(healthy.accepted() == tried);
-    CHECK(d.count("error dialing " + hole.address() + ": i/o timeout") >= 2);
+    CHECK(d.count("error dialing " + hole.address() + ": i/o timeout") >= 1);
     CHECK(d.count("no upstream of") == 0);
     CHECK(alive(d));
 }

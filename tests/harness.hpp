@@ -212,12 +212,14 @@ class Server {
 public:
     using Handler = std::function<void(int fd)>;
 
-    explicit Server(Handler handler, int family = AF_INET, uint16_t port = 0, int backlog = 1024)
-        : handler_(std::move(handler)) {
+    // host_v4: another loopback address to listen on (e.g. "127.0.0.2"); IPv4 only.
+    explicit Server(Handler handler, int family = AF_INET, uint16_t port = 0, int backlog = 1024,
+                    const char* host_v4 = "127.0.0.1")
+        : handler_(std::move(handler)), host_v4_(host_v4 ? host_v4 : "127.0.0.1") {
         listener_ = net::Fd(::socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0));
         int one = 1;
         setsockopt(listener_.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-        net::SockAddr at = loopback(port, family);
+        net::SockAddr at = loopback(port, family, host_v4_.c_str());
         if (::bind(listener_.get(), at.get(), at.length) < 0 || ::listen(listener_.get(), backlog) < 0) {
             listener_.reset();
             return;
@@ -231,7 +233,7 @@ public:
 
     bool ok() const { return port_ != 0; }
     uint16_t port() const { return port_; }
-    std::string address() const { return (family() == AF_INET6 ? "[::1]:" : "127.0.0.1:") + std::to_string(port_); }
+    std::string address() const { return (family() == AF_INET6 ? "[::1]:" : host_v4_ + ":") + std::to_string(port_); }
     int accepted() const { return accepted_.load(); }
     int active() const { return active_.load(); }
 
@@ -282,6 +284,7 @@ private:
     }
 
     Handler handler_;
+    std::string host_v4_;
     net::Fd listener_;
     uint16_t port_ = 0;
     std::thread acceptor_;

@@ -188,7 +188,7 @@ TEST_CASE("a second SIGTERM during the grace period exits at once", "[process]")
     CHECK(group_gone(d.pid()));
 }
 
-TEST_CASE("-grace 1s with a connection that never ends: exit 0 after about 1 s", "[process]") {
+TEST_CASE("with -grace 1s and a connection that never ends: exit 0 after about 1 s", "[process]") {
     Server up(echo);
     Daemon d(one_rule(up), {"-w", "1", "-grace", "1s"});
     uint16_t port = d.port("r");
@@ -284,7 +284,7 @@ TEST_CASE("a SIGKILLed worker is replaced and service never stops", "[process]")
     CHECK(!d.wait_exit(0ms).exited());
 }
 
-TEST_CASE("-w 1 runs one worker and -w 4 runs four, and they serve", "[process]") {
+TEST_CASE("with -w 1 one worker runs, with -w 4 four, and they all serve", "[process]") {
     for (int n : {1, 4}) {
         INFO("-w " << n);
         Server up(echo);
@@ -319,7 +319,8 @@ TEST_CASE("-w 1 runs one worker and -w 4 runs four, and they serve", "[process]"
     }
 }
 
-TEST_CASE("-w 4 and 400 sequential connections: every worker serves some, none more than half", "[process]") {
+TEST_CASE("with -w 4 and 400 sequential connections: every worker serves some, none more than half",
+          "[process]") {
     Server up(echo);
     Daemon d(one_rule(up), {"-w", "4", "-v=false"});
     uint16_t port = d.port("r");
@@ -345,7 +346,7 @@ TEST_CASE("-w 4 and 400 sequential connections: every worker serves some, none m
     CHECK(total == 400);
 }
 
-TEST_CASE("-w 2, one client at a time: no connection waits 100 ms for a worker", "[process]") {
+TEST_CASE("with -w 2 and one client at a time: no connection waits 100 ms for a worker", "[process]") {
     // Both workers are idle between connections; whichever the balance
     // board allows must be polling the listener, not asleep until its next
     // heartbeat.
@@ -409,6 +410,8 @@ TEST_CASE("a stopped worker does not strand connections: 20 of 20 served within 
     CHECK(later == workers);
 }
 
+namespace {
+
 // The lines of `log` that contain `needle`, at most `limit` of them.
 std::string lines_with(const std::string& log, const std::string& needle, int limit = 4) {
     std::string out;
@@ -423,6 +426,46 @@ std::string lines_with(const std::string& log, const std::string& needle, int li
     return out;
 }
 
+// True when the peer has closed or reset the connection already.
+bool closed_now(int fd) {
+    pollfd p{fd, POLLIN, 0};
+    return ::poll(&p, 1, 0) == 1 && (p.revents & (POLLIN | POLLHUP | POLLERR));
+}
+
+// A one-worker daemon whose descriptor table holds `limit` entries, with 60
+// idle clients: more than it has descriptors for.
+struct Starved {
+    explicit Starved(rlim_t limit)
+        : up(echo), d(one_rule(up), {"-w", "1", "-v=false"}, [limit] {
+              rlimit lim{limit, limit};
+              setrlimit(RLIMIT_NOFILE, &lim);
+          }) {
+        port = d.port("r");
+        std::vector<pid_t> found = d.workers(1);
+        worker = found.size() == 1 ? found[0] : -1;
+        if (!port || worker < 0) return;
+        for (int i = 0; i < 60; ++i) {
+            idle.push_back(dial(port));
+            if (!idle.back()) return;
+        }
+        ok = true;
+    }
+    int closed_idle() const {
+        int n = 0;
+        for (const net::Fd& fd : idle) n += closed_now(fd.get());
+        return n;
+    }
+
+    Server up;
+    Daemon d;
+    uint16_t port = 0;
+    pid_t worker = -1;
+    std::vector<net::Fd> idle;
+    bool ok = false;
+};
+
+}  // namespace
+
 // Each connection costs the worker two descriptors, so depending on the
 // parity of the limit the last free descriptor goes either to accept()
 // (EMFILE there) or to an accepted client whose upstream socket() then
@@ -430,31 +473,18 @@ std::string lines_with(const std::string& log, const std::string& needle, int li
 TEST_CASE("EMFILE at accept or at dial: logged once, no spin, no exit, then served again", "[process]") {
     for (rlim_t limit : {64, 63}) {
         INFO("RLIMIT_NOFILE " << limit);
-        Server up(echo);
-        Daemon d(one_rule(up), {"-w", "1", "-v=false"}, [limit] {
-            rlimit lim{limit, limit};
-            setrlimit(RLIMIT_NOFILE, &lim);
-        });
-        uint16_t port = d.port("r");
-        REQUIRE(port != 0);
-        std::vector<pid_t> workers = d.workers(1);
-        REQUIRE(workers.size() == 1);
-        const pid_t worker = workers[0];
-
-        std::vector<net::Fd> idle;
-        for (int i = 0; i < 60; ++i) {
-            idle.push_back(dial(port));
-            REQUIRE(idle.back());
-        }
+        Starved s(limit);
+        REQUIRE(s.ok);
+        Daemon& d = s.d;
         REQUIRE(d.wait_log("too many open files", 3000ms));
         // The worker filled its table: what it took is relayed, the rest waits.
-        CHECK(wait_until([&] { return fd_count(worker) >= static_cast<int>(limit) - 2; }, 3000ms));
+        CHECK(wait_until([&] { return fd_count(s.worker) >= static_cast<int>(limit) - 2; }, 3000ms));
         std::this_thread::sleep_for(100ms);
         const size_t logged = d.count("too many open files");
-        long cpu0 = cpu_ticks(worker);
+        long cpu0 = cpu_ticks(s.worker);
         std::this_thread::sleep_for(1000ms);  // the measuring window
-        long cpu1 = cpu_ticks(worker);
-        INFO("worker fds " << fd_count(worker) << ", upstream connections " << up.active()
+        long cpu1 = cpu_ticks(s.worker);
+        INFO("worker fds " << fd_count(s.worker) << ", upstream connections " << s.up.active()
                            << ", 'too many open files' " << logged << " times, cpu " << (cpu1 - cpu0)
                            << " ticks in 1 s; first lines:\n"
                            << lines_with(d.log(), "too many open files"));
@@ -462,13 +492,38 @@ TEST_CASE("EMFILE at accept or at dial: logged once, no spin, no exit, then serv
         CHECK(logged <= 2);                               // once per burst
         CHECK(d.count("too many open files") == logged);  // and not again while it lasts
         CHECK(!d.wait_exit(0ms).exited());
-        CHECK(children(d.pid()) == workers);
+        CHECK(children(d.pid()) == std::vector<pid_t>{s.worker});
 
-        idle.clear();
+        // Hang up, and let the worker see its relayed connections end.
+        s.idle.clear();
+        CHECK(wait_until([&] { return s.up.active() == 0; }, 3000ms));
         std::string reply;
-        CHECK(exchange(port, "served again", reply, 5000ms));
+        bool again = exchange(s.port, "served again", reply, 5000ms);
+        std::string log = d.log();
+        INFO("log tail:\n" << log.substr(log.size() > 3000 ? log.size() - 3000 : 0));
+        CHECK(again);
         CHECK(reply == "served again");
-        CHECK(children(d.pid()) == workers);
+        CHECK(children(d.pid()) == std::vector<pid_t>{s.worker});
+    }
+}
+
+TEST_CASE("out of descriptors, clients over the limit wait: the queue is not flushed with resets", "[process]") {
+    // Pausing accepts means the backlog keeps the clients the worker cannot
+    // serve yet; at most one is shed per 200 ms pause, never the whole queue.
+    for (rlim_t limit : {64, 63}) {
+        INFO("RLIMIT_NOFILE " << limit);
+        Starved s(limit);
+        REQUIRE(s.ok);
+        REQUIRE(s.d.wait_log("too many open files", 3000ms));
+        std::this_thread::sleep_for(1000ms);
+        int relayed = s.up.active();
+        int closed = s.closed_idle();
+        INFO(relayed << " of 60 clients relayed, " << closed << " closed by the daemon within about 1 s");
+        CHECK(relayed >= 20);
+        CHECK(closed <= 10);
+        // Freeing descriptors lets the waiting ones in.
+        for (size_t i = 0; i < 10; ++i) s.idle[i].reset();
+        CHECK(wait_until([&] { return s.up.accepted() >= relayed + 5; }, 3000ms));
     }
 }
 

@@ -498,6 +498,10 @@ TEST_CASE("malformed values and flow content are rejected with a hint", "[yaml_l
     checkRejected({
         {"an unquoted bracketed address is a flow sequence followed by junk", "from: [::1]:22\n", 1,
          "unexpected text after flow sequence (quote addresses like \"[::1]:22\")", 12},
+        {"a flow sequence used as a block key is rejected", "- [a, b]: c\n", 1,
+         "flow collections as mapping keys are not supported", 9},
+        {"a flow mapping used as a block key is rejected", "{a: b}:\n", 1,
+         "flow collections as mapping keys are not supported", 7},
         {"text after a flow mapping is rejected", "a: {x: 1} y\n", 1, "unexpected text after flow mapping"},
         {"text after a flow sequence is rejected", "a: [x] y\n", 1, "unexpected text after flow sequence"},
         {"a second colon in a plain value is rejected", "a: b: c\n", 1, "unexpected \":\" after a value", 5},
