@@ -1,5 +1,5 @@
-// checker.hpp - the checker process: active health probes and DNS
-// re-resolution, off the relay path.
+// checker.hpp - the checker process: active health probes, DNS
+// re-resolution and the metrics endpoint, all off the relay path.
 //
 // Probes are nonblocking TCP connects to every address of an upstream (up if
 // any answers); `fall` failures in a row mark it down, `rise` successes bring
@@ -18,6 +18,7 @@
 
 #include "config.hpp"
 #include "log.hpp"
+#include "metrics.hpp"
 #include "net.hpp"
 #include "upstreams.hpp"
 
@@ -42,8 +43,9 @@ inline bool needed(const config::Config& cfg) {
 
 class Checker {
 public:
-    Checker(const upstreams::Shared& shared, const mixlog::Logger& log, int parent_fd)
-        : shared_(shared), log_(log), parent_fd_(parent_fd) {
+    // metrics_fd: a bound listener for GET /metrics, or -1.
+    Checker(const upstreams::Shared& shared, const mixlog::Logger& log, int parent_fd, int metrics_fd)
+        : shared_(shared), log_(log), parent_fd_(parent_fd), metrics_(metrics_fd, shared) {
         Clock::time_point now = Clock::now();
         for (size_t r = 0; r < shared.rules(); ++r) {
             const config::Rule& rule = *shared.pool(r).rule;
@@ -61,29 +63,38 @@ public:
     }
 
     int run() {
+        std::vector<pollfd> fds;
+        std::vector<std::pair<size_t, size_t>> owners;  // (watch, socket) of each probe's pollfd
+        std::vector<short> clients_ready;
         for (;;) {
             Clock::time_point now = Clock::now();
             for (Watch& w : watches_) {
                 if (w.probes && w.sockets.empty() && now >= w.next_probe) start_probe(w, now);
                 if (w.name && resolve_due(w, now)) resolve(w, now);
             }
-            std::vector<pollfd> fds;
-            std::vector<std::pair<size_t, size_t>> owners;  // (watch, socket)
-            fds.push_back(pollfd{parent_fd_, POLLIN, 0});
-            owners.emplace_back(SIZE_MAX, 0);
+            // Layout: [parent pipe, metrics listener, probes..., metrics clients...]
+            fds.assign({pollfd{parent_fd_, POLLIN, 0}, pollfd{metrics_.listener(), POLLIN, 0}});
+            owners.clear();
             for (size_t i = 0; i < watches_.size(); ++i)
                 for (size_t k = 0; k < watches_[i].sockets.size(); ++k) {
                     fds.push_back(pollfd{watches_[i].sockets[k].get(), POLLOUT, 0});
                     owners.emplace_back(i, k);
                 }
+            const size_t first_client = fds.size();
+            metrics_.want(fds);
             int ready = ::poll(fds.data(), fds.size(), timeout_ms(now));
             if (ready < 0 && errno != EINTR) return 1;
             if (fds[0].revents) return 0;  // the parent is gone
             now = Clock::now();
-            for (size_t i = fds.size(); i-- > 1;)
-                if (fds[i].revents) on_socket(watches_[owners[i].first], owners[i].second, now);
+            int64_t now_ms = std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count();
+            for (size_t i = first_client; i-- > 2;)
+                if (fds[i].revents) on_socket(watches_[owners[i - 2].first], owners[i - 2].second, now);
             for (Watch& w : watches_)
                 if (!w.sockets.empty() && now >= w.probe_deadline) probe_done(w, false, "i/o timeout", now);
+            clients_ready.clear();
+            for (size_t i = first_client; i < fds.size(); ++i) clients_ready.push_back(fds[i].revents);
+            metrics_.serve(clients_ready, now_ms);
+            if (fds[1].revents) metrics_.accept_all(now_ms);
         }
     }
 
@@ -108,6 +119,7 @@ private:
             if (w.probes) wake = std::min(wake, w.sockets.empty() ? w.next_probe : w.probe_deadline);
             if (w.name) wake = std::min(wake, w.next_resolve);
         }
+        wake = metrics_.next_deadline(wake);
         auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(wake - now).count() + 1;
         return static_cast<int>(std::max<int64_t>(0, ms));
     }
@@ -216,6 +228,7 @@ private:
     const upstreams::Shared& shared_;
     const mixlog::Logger& log_;
     int parent_fd_;
+    metrics::Server metrics_;
     std::vector<Watch> watches_;
 };
 

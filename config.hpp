@@ -73,6 +73,10 @@ struct Rule {
 
 struct Config {
     std::vector<Rule> rules;
+    // Optional Prometheus endpoint (top-level `metrics: 127.0.0.1:9100`).
+    bool has_metrics = false;
+    net::HostPort metrics;
+    int metrics_line = 0;
 };
 
 struct Diagnostics {
@@ -103,6 +107,7 @@ public:
         for (const yaml_lite::Entry& entry : root.entries) {
             if (entry.key == "rules") rules = &entry.value;
             else if (entry.key == "defaults") parse_defaults(entry.value);
+            else if (entry.key == "metrics") parse_metrics(entry.value, out);
             else if (entry.key != "version") warn(entry.line, "unknown key \"" + entry.key + "\" ignored");
         }
         if (!rules) {
@@ -237,6 +242,16 @@ private:
         upstream.text = node.scalar;
         upstream.line = node.line;
         rule.to.push_back(std::move(upstream));
+    }
+
+    void parse_metrics(const yaml_lite::Node& node, Config& out) {
+        std::string why;
+        if (node.kind != yaml_lite::Kind::Scalar || !net::parse_host_port(node.scalar, true, out.metrics, why)) {
+            error(node.line, "metrics: \"" + node.scalar + "\": " + (why.empty() ? "must be an address like 127.0.0.1:9100" : why));
+            return;
+        }
+        out.has_metrics = true;
+        out.metrics_line = node.line;
     }
 
     void parse_defaults(const yaml_lite::Node& node) {

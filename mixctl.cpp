@@ -40,6 +40,7 @@ using Clock = std::chrono::steady_clock;
 // ---- start-up: config → resolved routes → bound listeners -----------------
 
 struct Plan {
+    std::vector<net::SockAddr> metrics;                             // where GET /metrics listens
     std::vector<std::vector<net::SockAddr>> binds;                  // per rule: addresses to listen on
     std::vector<std::vector<std::vector<net::SockAddr>>> upstreams;  // per rule, per upstream
 };
@@ -60,6 +61,9 @@ bool resolve_all(const config::Config& cfg, const std::string& file, Plan& plan,
         plan.binds.push_back(std::move(binds));
         plan.upstreams.push_back(std::move(targets));
     }
+    std::string why;
+    if (cfg.has_metrics && !net::resolve(cfg.metrics, true, plan.metrics, why))
+        diag.errors.push_back(at(cfg.metrics_line) + "metrics: " + why);
     return diag.errors.empty();
 }
 
@@ -95,6 +99,22 @@ bool bind_all(const config::Config& cfg, const Plan& plan, const mixlog::Logger&
         }
     }
     return true;
+}
+
+// The metrics endpoint listens on the first address of its name only: it is
+// for a local scraper, not for clients.
+net::Fd bind_metrics(const Plan& plan, const mixlog::Logger& log) {
+    if (plan.metrics.empty()) return net::Fd();
+    std::string why;
+    net::Fd fd = net::listen_on(plan.metrics.front(), 64, why);
+    if (!fd) {
+        log.print("error: metrics: listen on %s: %s", plan.metrics.front().text().c_str(), why.c_str());
+        return fd;
+    }
+    net::SockAddr bound;
+    net::local_address(fd.get(), bound);
+    log.print("Serving metrics on http://%s/metrics", bound.text().c_str());
+    return fd;
 }
 
 void log_forwarding(const config::Config& cfg, const std::vector<worker::Listener>& listeners,
@@ -135,8 +155,8 @@ struct WorkerProcess {
 class Supervisor {
 public:
     Supervisor(const flags::Options& options, const upstreams::Shared& shared, std::vector<worker::Listener>& listeners,
-               const mixlog::Logger& log)
-        : options_(options), shared_(shared), listeners_(listeners), log_(log) {}
+               net::Fd& metrics, const mixlog::Logger& log)
+        : options_(options), shared_(shared), listeners_(listeners), metrics_(metrics), log_(log) {}
 
     // The checker, when there is one, is the process after the workers.
     int run(int worker_count, bool with_checker) {
@@ -246,13 +266,14 @@ private:
 #ifdef __linux__
         prctl(PR_SET_PDEATHSIG, SIGTERM);
 #endif
-        checker::Checker checker(shared_, log_, lifeline_read_.get());
+        checker::Checker checker(shared_, log_, lifeline_read_.get(), metrics_.get());
         return checker.run();
     }
 
     int worker_main(size_t index) {
         wake_.close();
         lifeline_write_.reset();
+        metrics_.reset();
         signals::ignore(SIGINT);   // a terminal's ^C reaches us via the parent's SIGTERM
         signals::ignore(SIGHUP);
         signals::ignore(SIGUSR1);
@@ -311,6 +332,7 @@ private:
         log_.print("stopping: no new connections; live ones get up to %s to finish",
                    flags::format_duration(options_.grace).c_str());
         listeners_.clear();  // our copies; workers close theirs on SIGTERM
+        metrics_.reset();
         for (const WorkerProcess& w : workers_)
             if (w.pid > 0) kill(w.pid, SIGTERM);
         stop_deadline_ = Clock::now() + std::chrono::duration_cast<Clock::duration>(options_.grace) +
@@ -357,6 +379,7 @@ private:
     const upstreams::Shared& shared_;
     size_t worker_count_ = 0;
     std::vector<worker::Listener>& listeners_;
+    net::Fd& metrics_;
     const mixlog::Logger& log_;
     signals::SelfPipe wake_;
     net::Fd lifeline_read_, lifeline_write_;
@@ -406,6 +429,8 @@ int main(int argc, char** argv) {
     raise_fd_limit(log);
     std::vector<worker::Listener> listeners;
     if (!bind_all(cfg, plan, log, listeners)) return 1;
+    net::Fd metrics = bind_metrics(plan, log);
+    if (cfg.has_metrics && !metrics) return 1;
     log_forwarding(cfg, listeners, log);
     upstreams::Shared shared;
     if (!shared.map(cfg, plan.upstreams)) {
@@ -415,6 +440,6 @@ int main(int argc, char** argv) {
 
     int workers = options.workers > 0 ? options.workers : online_cpus();
     log.print("mixctl %s started: %d workers, pid %d", MIXCTL_VERSION, workers, static_cast<int>(getpid()));
-    Supervisor supervisor(options, shared, listeners, log);
-    return supervisor.run(workers, checker::needed(cfg));
+    Supervisor supervisor(options, shared, listeners, metrics, log);
+    return supervisor.run(workers, checker::needed(cfg) || metrics.valid());
 }

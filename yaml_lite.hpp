@@ -139,8 +139,9 @@ private:
     class NestingGuard {
     public:
         NestingGuard(Parser& parser, size_t at) : parser_(parser) {
-            if (parser_.nesting_ >= kMaxNesting) parser_.fail(at, "nesting too deep (more than 64 levels)");
-            else entered_ = ++parser_.nesting_ > 0;
+            entered_ = parser_.nesting_ < kMaxNesting;
+            if (entered_) ++parser_.nesting_;
+            else parser_.fail(at, "nesting too deep (more than 64 levels)");
         }
         ~NestingGuard() { if (entered_) --parser_.nesting_; }
         NestingGuard(const NestingGuard&) = delete;
@@ -201,6 +202,11 @@ private:
         if (!failed_) errors_.push_back(Error{lineOf(p), columnOf(p), std::move(message)});
         failed_ = true;
         return false;
+    }
+    // The same, for parse functions that hand back a node.
+    Node failNode(size_t p, std::string message) {
+        fail(p, std::move(message));
+        return {};
     }
 
     std::string snippet(size_t p) const {
@@ -276,11 +282,11 @@ private:
         Line line;
         if (!nextContentLine(line)) return nullAt(1, 1);
         if (line.indent == 0 && text_[line.content] == '%')
-            return fail(line.content, "directives (%) are not supported"), Node{};
+            return failNode(line.content, "directives (%) are not supported");
         if (line.marker && text_[line.content] == '-') {
             pos_ = line.content + 3;
             if (!atCommentOrLineEnd())
-                return fail(pos_, "content on the \"---\" line is not supported; start it on the next line"), Node{};
+                return failNode(pos_, "content on the \"---\" line is not supported; start it on the next line");
             skipRestOfLine();
         }
         Node root = parseBlockNode(-1, false, 1, 1);
@@ -426,7 +432,7 @@ private:
         bool nestedSequence = isSequenceDash(pos_);
         if (!nestedSequence && !looksLikeKey(pos_)) return parseInlineValue(indent);
         for (size_t p = gap; p < pos_; ++p)
-            if (text_[p] == '\t') return fail(p, "found a tab character in indentation; use spaces"), Node{};
+            if (text_[p] == '\t') return failNode(p, "found a tab character in indentation; use spaces");
         int column = int(pos_ - lineStartOf(pos_));
         return nestedSequence ? parseBlockSequence(column, false) : parseBlockMapping(column);
     }
@@ -444,8 +450,7 @@ private:
     // A scalar or flow collection in block context: it must end its line.
     Node parseInlineValue(int blockIndent) {
         if (isSequenceDash(pos_))
-            return fail(pos_, "a sequence item (\"- \") cannot start on the same line as its key; move it to the next line"),
-                   Node{};
+            return failNode(pos_, "a sequence item (\"- \") cannot start on the same line as its key; move it to the next line");
         Node value = parseScalarOrFlow(blockIndent, false);
         if (failed_) return value;
         if (atCommentOrLineEnd())
@@ -527,12 +532,11 @@ private:
         return true;
     }
 
-    bool failCannotStart(size_t p) {
-        char c = at(p);
-        if (c == ':') return fail(p, "missing mapping key before \":\"");
-        if (isFlowIndicator(c)) return fail(p, std::string("unexpected \"") + c + "\"");
-        if (isLineEnd(p)) return fail(p, "unexpected end of line");
-        return fail(p, std::string("\"") + c + "\" cannot start a plain scalar; quote the value");
+    static std::string cannotStartMessage(char c) {
+        if (c == ':') return "missing mapping key before \":\"";
+        if (isFlowIndicator(c)) return std::string("unexpected \"") + c + "\"";
+        if (c == '\n' || c == '\0') return "unexpected end of line";
+        return std::string("\"") + c + "\" cannot start a plain scalar; quote the value";
     }
 
     Node parseScalarOrFlow(int blockIndent, bool flow) {
@@ -542,7 +546,7 @@ private:
         if (c == '{') return parseFlowMapping(blockIndent);
         // Inside brackets a forgotten quote is caught by the collection's own checks.
         if (c == '"' || c == '\'') return parseQuoted(flow ? -1 : blockIndent);
-        if (!plainCanStart(pos_, flow)) return failCannotStart(pos_), Node{};
+        if (!plainCanStart(pos_, flow)) return failNode(pos_, cannotStartMessage(at(pos_)));
         return parsePlain(flow);
     }
 
@@ -725,7 +729,10 @@ private:
     void decodeEscape(std::string& out, size_t open, int blockIndent) {
         const size_t escape = pos_;
         const char e = at(pos_ + 1);
-        if (e == '\n') return ++pos_, foldLineBreak(out, open, blockIndent, true);
+        if (e == '\n') {
+            ++pos_;
+            return foldLineBreak(out, open, blockIndent, true);
+        }
         pos_ += 2;
         switch (e) {
             case '0': out += '\0'; return;
@@ -760,10 +767,10 @@ private:
         return true;
     }
 
-    void decodeCodePoint(std::string& out, size_t escape, int digits) {
+    bool decodeCodePoint(std::string& out, size_t escape, int digits) {
         uint32_t cp = 0;
         if (!readHex(pos_, digits, cp))
-            return (void)fail(escape, std::string("invalid escape sequence \"\\") + text_[escape + 1] + "\" (expected " +
+            return fail(escape, std::string("invalid escape sequence \"\\") + text_[escape + 1] + "\" (expected " +
                                           std::to_string(digits) + " hex digits)");
         pos_ += size_t(digits);
         // JSON spells characters beyond U+FFFF as surrogate pairs; accept that spelling too.
@@ -774,8 +781,9 @@ private:
             pos_ += 6;
         }
         if (cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
-            return (void)fail(escape, "escape sequence is not a valid unicode code point");
+            return fail(escape, "escape sequence is not a valid unicode code point");
         appendUtf8(out, cp);
+        return true;
     }
 };
 

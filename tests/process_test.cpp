@@ -507,7 +507,7 @@ TEST_CASE("EMFILE at accept or at dial: logged once, no spin, no exit, then serv
     }
 }
 
-TEST_CASE("out of descriptors, clients over the limit wait: the queue is not flushed with resets", "[process]") {
+TEST_CASE("out of descriptors, waiting clients stay queued: the backlog is not flushed with resets", "[process]") {
     // Pausing accepts means the backlog keeps the clients the worker cannot
     // serve yet; at most one is shed per 200 ms pause, never the whole queue.
     for (rlim_t limit : {64, 63}) {

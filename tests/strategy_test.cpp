@@ -435,7 +435,7 @@ TEST_CASE("passive health: a dead upstream gets a few connect attempts per fail_
                    << ran << " ms");
     CHECK(unserved == 0);
     CHECK(served > 100);
-    CHECK(attempts >= 1);
+    CHECK(attempts >= 2);  // tried again once its fail_timeout was over
     CHECK(attempts <= windows * threads);
     CHECK(d.count("upstream " + dead_address + " of (r) is DOWN: connection refused (passive") >= 1);
     CHECK(d.count("upstream " + dead_address + " of (r) is DOWN") <= windows);
@@ -496,6 +496,86 @@ TEST_CASE("active health: a dead upstream is marked down before any client is se
     std::this_thread::sleep_for(600ms);  // three more probe intervals
     CHECK(d.count("upstream " + x_address + " of (r) is DOWN") == 2);
     CHECK(d.count("upstream " + x_address + " of (r) is UP") == 1);
+    CHECK(alive(d));
+}
+
+TEST_CASE("all upstreams marked down: connections still try them (fail open), and that is logged", "[strategy]") {
+    const uint16_t x = closed_port(), y = closed_port();
+    REQUIRE(x != 0);
+    REQUIRE(y != 0);
+    const std::string x_address = loopback_address(x), y_address = loopback_address(y);
+    Daemon d(policy_rule("  fail_timeout: 30s\n", {quoted(x_address), quoted(y_address)}), {"-w", "2", "-v=false"});
+    uint16_t port = d.port("r");
+    REQUIRE(port != 0);
+    {
+        net::Fd fd = dial(port);
+        REQUIRE(fd);
+        CHECK(closed_by_peer(fd.get(), 3000ms));
+    }
+    REQUIRE(d.wait_log("is DOWN: connection refused (passive", 3000ms, 2));
+    auto s = stats(d, 2);
+    CHECK(s[x_address].state == "down");
+    CHECK(s[y_address].state == "down");
+
+    // One comes back long before its 30 s are over: it is used at once.
+    Server back(banner("Y"), AF_INET, y);
+    REQUIRE(back.ok());
+    Clock::time_point t0 = Clock::now();
+    CHECK(who(port) == "Y");
+    CHECK(elapsed_ms(t0) < 3000);
+    CHECK(d.wait_log("all upstreams of (r) are down; trying them anyway", 3000ms));
+    CHECK(alive(d));
+}
+
+TEST_CASE("a killed worker's connections stop counting as active, so least-conn and stats stay true",
+          "[strategy]") {
+    Server a(banner("A")), b(banner("B"));
+    Daemon d(policy_rule("  strategy: least-conn\n", {quoted(a.address()), quoted(b.address())}),
+             {"-w", "1", "-v=false"});
+    uint16_t port = d.port("r");
+    REQUIRE(port != 0);
+    std::vector<pid_t> before = d.workers(1);
+    REQUIRE(before.size() == 1);
+
+    std::vector<net::Fd> held;
+    std::map<std::string, int> got;
+    for (int i = 0; i < 4; ++i) {
+        net::Fd fd;
+        ++got[who(port, nullptr, &fd)];
+        held.push_back(std::move(fd));
+    }
+    CHECK(got["A"] == 2);
+    CHECK(got["B"] == 2);
+    auto s = stats_until(d, 2, [&](std::map<std::string, Stat>& st) {
+        return st[a.address()].active == 2 && st[b.address()].active == 2;
+    });
+    REQUIRE(s[a.address()].active == 2);
+
+    // The worker dies with its connections; the parent starts a new one.
+    REQUIRE(kill(before[0], SIGKILL) == 0);
+    for (net::Fd& fd : held) CHECK(closed_by_peer(fd.get(), 3000ms));
+    held.clear();
+    std::vector<pid_t> after;
+    REQUIRE(wait_until([&] { after = children(d.pid()); return after.size() == 1 && after[0] != before[0]; }, 5000ms));
+
+    // Nothing is open any more, and the stats must say so.
+    s = stats_until(d, 2, [&](std::map<std::string, Stat>& st) {
+        return st[a.address()].active == 0 && st[b.address()].active == 0;
+    });
+    INFO(s[a.address()].line << "\n" << s[b.address()].line);
+    CHECK(s[a.address()].active == 0);
+    CHECK(s[b.address()].active == 0);
+    CHECK(s[a.address()].total + s[b.address()].total == 4);  // the shared counters survived the worker
+
+    // And least-conn splits new held connections evenly again.
+    got.clear();
+    for (int i = 0; i < 4; ++i) {
+        net::Fd fd;
+        ++got[who(port, nullptr, &fd)];
+        held.push_back(std::move(fd));
+    }
+    CHECK(got["A"] == 2);
+    CHECK(got["B"] == 2);
     CHECK(alive(d));
 }
 

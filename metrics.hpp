@@ -1,0 +1,168 @@
+// metrics.hpp - the Prometheus text format on GET /metrics, from the shared
+// upstream counters. Served by the checker process, never by a worker, so a
+// scraper can not slow a relay loop down.
+#pragma once
+
+#include <chrono>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include <poll.h>
+#include <sys/socket.h>
+
+#include "net.hpp"
+#include "upstreams.hpp"
+
+namespace metrics {
+
+using Clock = std::chrono::steady_clock;
+
+// Label values escape backslash, double quote and newline (the text format).
+inline std::string label(const std::string& value) {
+    std::string out;
+    for (char c : value) {
+        if (c == '\\' || c == '"') out += '\\';
+        if (c == '\n') {
+            out += "\\n";
+            continue;
+        }
+        out += c;
+    }
+    return out;
+}
+
+inline std::string render(const upstreams::Shared& shared, int64_t now_ms) {
+    struct Family {
+        const char* name;
+        const char* type;
+        const char* help;
+    };
+    static const Family families[] = {
+        {"mixctl_upstream_up", "gauge", "1 while the upstream is considered up, 0 while it is down."},
+        {"mixctl_upstream_active_connections", "gauge", "Connections being relayed to the upstream now."},
+        {"mixctl_upstream_connections_total", "counter", "Connections established to the upstream."},
+        {"mixctl_upstream_connect_failures_total", "counter", "Connect attempts to the upstream that failed."},
+        {"mixctl_upstream_bytes_in_total", "counter", "Bytes relayed from clients to the upstream."},
+        {"mixctl_upstream_bytes_out_total", "counter", "Bytes relayed from the upstream to clients."},
+    };
+    std::string out;
+    char value[32];
+    for (size_t f = 0; f < sizeof families / sizeof families[0]; ++f) {
+        out += std::string("# HELP ") + families[f].name + " " + families[f].help + "\n";
+        out += std::string("# TYPE ") + families[f].name + " " + families[f].type + "\n";
+        for (size_t r = 0; r < shared.rules(); ++r) {
+            const upstreams::Pool& pool = shared.pool(r);
+            for (size_t u = 0; u < pool.size(); ++u) {
+                const upstreams::UpstreamState& s = pool.at(u);
+                unsigned long long v = 0;
+                switch (f) {
+                    case 0: v = upstreams::is_up(s, now_ms) ? 1 : 0; break;
+                    case 1: v = s.active.load(); break;
+                    case 2: v = s.total.load(); break;
+                    case 3: v = s.failed.load(); break;
+                    case 4: v = s.bytes_in.load(); break;
+                    default: v = s.bytes_out.load(); break;
+                }
+                snprintf(value, sizeof value, "%llu", v);
+                out += std::string(families[f].name) + "{rule=\"" + label(pool.rule->name) + "\",upstream=\"" +
+                       label(pool.rule->to[u].text) + "\"} " + value + "\n";
+            }
+        }
+    }
+    return out;
+}
+
+// A tiny HTTP/1.0-style server: one request per connection, then close.
+// Nonblocking throughout; a client gets `patience` to send its request.
+class Server {
+public:
+    Server(int listener, const upstreams::Shared& shared) : listener_(listener), shared_(shared) {}
+
+    int listener() const { return listener_; }
+
+    // pollfds for the clients being served, appended to `fds`.
+    void want(std::vector<pollfd>& fds) const {
+        for (const Client& c : clients_) fds.push_back(pollfd{c.fd.get(), static_cast<short>(c.reply.empty() ? POLLIN : POLLOUT), 0});
+    }
+
+    Clock::time_point next_deadline(Clock::time_point fallback) const {
+        for (const Client& c : clients_) fallback = std::min(fallback, c.deadline);
+        return fallback;
+    }
+
+    void accept_all(int64_t now_ms) {
+        (void)now_ms;
+        for (int n = 0; n < 16 && clients_.size() < max_clients; ++n) {
+            net::SockAddr peer;
+            net::Fd fd = net::accept_client(listener_, peer);
+            if (!fd) return;
+            clients_.push_back(Client{std::move(fd), std::string(), std::string(), 0, Clock::now() + patience});
+        }
+    }
+
+    // `ready`: the revents of the clients, in the order want() listed them.
+    void serve(const std::vector<short>& ready, int64_t now_ms) {
+        Clock::time_point now = Clock::now();
+        for (size_t i = clients_.size(); i-- > 0;) {
+            Client& c = clients_[i];
+            bool done = now >= c.deadline;
+            if (!done && i < ready.size() && ready[i]) done = c.reply.empty() ? read_request(c, now_ms) : write_reply(c);
+            if (done) clients_.erase(clients_.begin() + static_cast<long>(i));
+        }
+    }
+
+private:
+    struct Client {
+        net::Fd fd;
+        std::string request, reply;
+        size_t sent;
+        Clock::time_point deadline;
+    };
+
+    // Returns true when the client is finished with (error or EOF).
+    bool read_request(Client& c, int64_t now_ms) {
+        char buf[2048];
+        ssize_t n = ::recv(c.fd.get(), buf, sizeof buf, 0);
+        if (n <= 0) return !(n < 0 && (errno == EAGAIN || errno == EINTR));
+        c.request.append(buf, static_cast<size_t>(n));
+        if (c.request.size() > 8192) return true;
+        if (c.request.find("\r\n\r\n") == std::string::npos && c.request.find("\n\n") == std::string::npos)
+            return false;
+        bool wanted = c.request.compare(0, 13, "GET /metrics ") == 0 || c.request.compare(0, 13, "GET /metrics?") == 0;
+        std::string body = wanted ? render(shared_, now_ms) : "not found: try GET /metrics\n";
+        char head[160];
+        snprintf(head, sizeof head,
+                 "HTTP/1.1 %s\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n"
+                 "Content-Length: %zu\r\nConnection: close\r\n\r\n",
+                 wanted ? "200 OK" : "404 Not Found", body.size());
+        c.reply = head + body;
+        return write_reply(c);
+    }
+
+    bool write_reply(Client& c) {
+        ssize_t n = ::send(c.fd.get(), c.reply.data() + c.sent, c.reply.size() - c.sent, relay_flags());
+        if (n < 0) return !(errno == EAGAIN || errno == EINTR);
+        c.sent += static_cast<size_t>(n);
+        if (c.sent < c.reply.size()) return false;
+        ::shutdown(c.fd.get(), SHUT_WR);  // the request was read whole: close() sends no RST
+        return true;
+    }
+
+    static int relay_flags() {
+#ifdef MSG_NOSIGNAL
+        return MSG_NOSIGNAL;
+#else
+        return 0;
+#endif
+    }
+
+    static constexpr size_t max_clients = 32;
+    static constexpr std::chrono::seconds patience{5};
+
+    int listener_;
+    const upstreams::Shared& shared_;
+    std::vector<Client> clients_;
+};
+
+}  // namespace metrics

@@ -1,0 +1,141 @@
+#!/usr/bin/env bash
+# tests/busybox.sh: the static mixctl in a BusyBox-only root, as on an
+# initramfs or a minimal router image.
+#
+# The root folder holds only busybox (Debian busybox-static) and its applet
+# links, the static mixctl, a rules file and an /etc/hosts that maps the
+# made-up name upstream.test to 127.0.0.1 (plus the empty /dev and /var/log
+# that syslogd writes into). mixctl is started by busybox sh inside chroot
+# and relays checksummed bytes to a python3 echo upstream listening on
+# 127.0.0.1 outside the chroot (same network namespace: the chroot shares
+# loopback). Then:
+#   - SIGTERM stops it with status 0;
+#   - -syslog sends its lines to BusyBox syslogd inside the root, facility
+#     daemon, ident mixctl, each worker's lines under the worker's pid;
+#   - without the upstream.test line in /etc/hosts, -check fails with exit 1
+#     and an error naming the file, the line and the host (run in a private
+#     network namespace, so the failed lookup's DNS query goes nowhere).
+# Needs root (chroot). Bounded in time.
+set -u
+. "$(dirname "$0")/lib.sh"
+
+[ "$(id -u)" = 0 ] || skip "needs root for chroot (run: sudo make test-busybox)"
+need busybox:busybox-static python3:python3 make:make g++:g++ readelf:binutils
+BUSYBOX=$(command -v busybox)
+readelf -lW "$BUSYBOX" | grep -q INTERP && die "$BUSYBOX is not static: install busybox-static"
+
+BUILD="$T_ROOT/build/static"
+T_TMP=$(mktemp -d /tmp/mixctl-busybox.XXXXXX)
+trap cleanup EXIT
+trap 'exit 1' INT TERM
+start=$(date +%s)
+
+echo "building the static mixctl into $BUILD"
+if ! timeout 600 make -s -C "$T_ROOT" static O="$BUILD" >"$T_TMP/make.log" 2>&1; then
+    grep -v "statically linked applications requires\|in function" "$T_TMP/make.log" | tail -n 30
+    die "make static failed"
+fi
+echo "size: $(wc -c <"$BUILD/mixctl") bytes ($(uname -m), static, stripped)"
+check "the static mixctl has no program interpreter" sh -c '! readelf -lW "$1" | grep -q INTERP' _ "$BUILD/mixctl"
+
+# ---- the root folder ------------------------------------------------------------
+ROOT="$T_TMP/root"
+mkdir -p "$ROOT/bin" "$ROOT/usr/bin" "$ROOT/etc/mixctl" "$ROOT/dev" "$ROOT/var/log"
+cp "$BUSYBOX" "$ROOT/bin/busybox"
+chroot "$ROOT" /bin/busybox --install -s /bin || die "busybox --install failed"
+cp "$BUILD/mixctl" "$ROOT/usr/bin/mixctl"
+hosts_with="127.0.0.1 localhost
+127.0.0.1 upstream.test"
+printf '%s\n' "$hosts_with" >"$ROOT/etc/hosts"
+
+python3 "$T_ROOT/tests/tcp_check.py" serve "$T_TMP/upstream.port" 240 &
+started $!
+wait_for 20 test -s "$T_TMP/upstream.port" || die "the python3 upstream did not start"
+upstream=$(cat "$T_TMP/upstream.port")
+cat >"$ROOT/etc/mixctl/rules.yaml" <<EOF
+version: 0.1
+rules:
+- name: busybox
+  from: 127.0.0.1:0
+  to: upstream.test:$upstream
+- name: refused
+  from: 127.0.0.1:0
+  to: 127.0.0.1:1
+EOF
+files=$(cd "$ROOT" && find . -type f | sort | tr '\n' ' ')
+check "the root holds only files busybox, mixctl, rules.yaml, hosts: $files" \
+    test "$files" = "./bin/busybox ./etc/hosts ./etc/mixctl/rules.yaml ./usr/bin/mixctl "
+
+out=$(timeout 30 chroot "$ROOT" /bin/sh -c 'mixctl -check -f /etc/mixctl/rules.yaml' 2>&1)
+check "-check in the chroot: '$out'" test "$out" = "configuration OK"
+
+# ---- relay -------------------------------------------------------------------------
+chroot "$ROOT" /bin/sh -c 'exec mixctl -f /etc/mixctl/rules.yaml -w 2' >"$T_TMP/mixctl.out" 2>"$T_TMP/mixctl.log" &
+mixctl=$!
+started "$mixctl"
+if wait_for 30 has_port "$T_TMP/mixctl.log" busybox; then
+    port=$(forwarded_port "$T_TMP/mixctl.log" busybox)
+    check "Forwarding line names the upstream by its /etc/hosts name" \
+        grep -q "Forwarding (busybox) from: 127.0.0.1:$port to: \[upstream.test:$upstream\]" "$T_TMP/mixctl.log"
+    check "8 connections x 1 MiB relayed both ways through the chroot, SHA-256 equal" \
+        timeout 120 python3 "$T_ROOT/tests/tcp_check.py" client "$port" 1048576 8
+    check "Closed lines count the bytes both ways" \
+        wait_for 20 grep -q "Closed .*bytes_in=1048576 bytes_out=1048576" "$T_TMP/mixctl.log"
+    kill -TERM "$mixctl"
+    if wait_exit 30 "$mixctl"; then
+        check "SIGTERM: exit status 0 (got $T_STATUS)" test "$T_STATUS" = 0
+    else
+        bad "mixctl did not stop within 30 s of SIGTERM"
+    fi
+else
+    bad "mixctl did not log its Forwarding line within 30 s"
+fi
+sed 's/^/  mixctl: /' "$T_TMP/mixctl.log" | tail -n 6
+
+# ---- -syslog to BusyBox syslogd inside the root ----------------------------------------
+chroot "$ROOT" /bin/busybox syslogd -n -O /var/log/messages >/dev/null 2>&1 &
+syslogd=$!
+started "$syslogd"
+if wait_for 20 test -S "$ROOT/dev/log"; then
+    chroot "$ROOT" /bin/sh -c 'exec mixctl -syslog -f /etc/mixctl/rules.yaml -w 2' >"$T_TMP/syslog.out" 2>"$T_TMP/syslog.err" &
+    mixctl=$!
+    started "$mixctl"
+    if wait_for 30 has_port "$ROOT/var/log/messages" busybox; then
+        port=$(forwarded_port "$ROOT/var/log/messages" busybox)
+        timeout 60 python3 "$T_ROOT/tests/tcp_check.py" client "$port" 4096 4 >/dev/null
+        wait_for 20 grep -q "Closed .*bytes_in=4096" "$ROOT/var/log/messages"
+        check "-syslog: Forwarding line at daemon.info as mixctl[$mixctl]" \
+            grep -q "daemon.info mixctl\[$mixctl\]: Forwarding (busybox)" "$ROOT/var/log/messages"
+        check "-syslog: a worker's Closed line under the worker's own pid" \
+            sh -c 'grep "mixctl\[[0-9]*\]: Closed" "$1" | grep -vq "mixctl\[$2\]"' _ "$ROOT/var/log/messages" "$mixctl"
+        check "-syslog: nothing on stderr" test ! -s "$T_TMP/syslog.err"
+        refused=$(forwarded_port "$ROOT/var/log/messages" refused)
+        timeout 30 python3 "$T_ROOT/tests/tcp_check.py" poke "$refused"
+        check "-syslog: a failed dial is logged at daemon.err" \
+            wait_for 20 grep -q "daemon.err mixctl\\[[0-9]*\\]: " "$ROOT/var/log/messages"
+        kill -TERM "$mixctl"
+        wait_exit 30 "$mixctl" || bad "mixctl -syslog did not stop within 30 s"
+        check "-syslog: 'stopped' logged to syslog" wait_for 10 grep -q "mixctl\[$mixctl\]: stopped" "$ROOT/var/log/messages"
+    else
+        bad "no Forwarding line in syslogd's /var/log/messages within 30 s"
+        cat "$T_TMP/syslog.err"
+    fi
+    sed 's/^/  syslog: /' "$ROOT/var/log/messages" | tail -n 4
+else
+    bad "busybox syslogd did not create /dev/log within 20 s"
+fi
+
+# ---- a missing /etc/hosts entry ---------------------------------------------------------
+printf '127.0.0.1 localhost\n' >"$ROOT/etc/hosts"
+netns=""
+if unshare -n true 2>/dev/null; then netns="unshare -n"; fi
+out=$(timeout 60 $netns chroot "$ROOT" /bin/sh -c 'mixctl -check -f /etc/mixctl/rules.yaml' 2>&1)
+status=$?
+check "without the hosts entry: exit 1 (got $status)" test "$status" = 1
+check "without the hosts entry: the error names file, line and host: '$out'" \
+    sh -c 'printf "%s" "$1" | grep -q "/etc/mixctl/rules.yaml:5: to: lookup upstream.test: "' _ "$out"
+check "without the hosts entry: nothing was bound (no Forwarding line)" \
+    sh -c '! printf "%s" "$1" | grep -q Forwarding' _ "$out"
+
+echo "$T_NAME took $(($(date +%s) - start)) s"
+finish
