@@ -56,6 +56,7 @@ public:
 
     int count() const { return count_; }
     WorkerSlot& slot(int worker) { return slots_[worker]; }
+    const WorkerSlot& slot(int worker) const { return slots_[worker]; }
 
     // A respawned worker starts level with the others instead of at zero,
     // which would make it take every new connection until it caught up.

@@ -7,9 +7,11 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <memory>
 #include <string>
 #include <vector>
 
+#include <fcntl.h>
 #include <poll.h>
 #include <sys/resource.h>
 #include <sys/types.h>
@@ -76,47 +78,6 @@ bool load(const std::string& file, const mixlog::Logger& log, config::Config& cf
     return ok;
 }
 
-// Binds every listener or none: on any failure the ones already bound close
-// as the vector goes out of scope.
-bool bind_all(const config::Config& cfg, const Plan& plan, const mixlog::Logger& log,
-              std::vector<worker::Listener>& listeners) {
-    const int backlog = net::listen_backlog();
-    for (size_t r = 0; r < cfg.rules.size(); ++r) {
-        for (const net::SockAddr& addr : plan.binds[r]) {
-            std::string why;
-            worker::Listener listener;
-            listener.fd = net::listen_on(addr, backlog, why);
-            if (!listener.fd) {
-                log.print("error: rule (%s): listen on %s: %s", cfg.rules[r].name.c_str(), addr.text().c_str(),
-                          why.c_str());
-                listeners.clear();
-                return false;
-            }
-            net::SockAddr bound;
-            listener.address = net::local_address(listener.fd.get(), bound) ? bound.text() : addr.text();
-            listener.rule = r;
-            listeners.push_back(std::move(listener));
-        }
-    }
-    return true;
-}
-
-// The metrics endpoint listens on the first address of its name only: it is
-// for a local scraper, not for clients.
-net::Fd bind_metrics(const Plan& plan, const mixlog::Logger& log) {
-    if (plan.metrics.empty()) return net::Fd();
-    std::string why;
-    net::Fd fd = net::listen_on(plan.metrics.front(), 64, why);
-    if (!fd) {
-        log.print("error: metrics: listen on %s: %s", plan.metrics.front().text().c_str(), why.c_str());
-        return fd;
-    }
-    net::SockAddr bound;
-    net::local_address(fd.get(), bound);
-    log.print("Serving metrics on http://%s/metrics", bound.text().c_str());
-    return fd;
-}
-
 void log_forwarding(const config::Config& cfg, const std::vector<worker::Listener>& listeners,
                     const mixlog::Logger& log) {
     for (const worker::Listener& l : listeners) {
@@ -143,7 +104,7 @@ int online_cpus() {
     return n > 0 ? static_cast<int>(n) : 1;
 }
 
-// ---- supervision ----------------------------------------------------------
+// ---- generations: one reading of the config, ready to serve -------------
 
 struct WorkerProcess {
     pid_t pid = -1;
@@ -152,27 +113,161 @@ struct WorkerProcess {
     int quick_deaths = 0;  // consecutive exits soon after start: backoff grows
 };
 
+// Everything one reading of the config produces. A reload builds a new one
+// beside the running one and swaps them only once it is complete, so a bad
+// file or a failed bind leaves the running config untouched.
+struct Generation {
+    config::Config cfg;
+    Plan plan;
+    std::vector<worker::Listener> listeners;
+    net::Fd metrics;
+    upstreams::Shared shared;
+    balance::Board board;
+    std::vector<WorkerProcess> processes;  // the workers, then the checker if there is one
+    size_t workers = 0;
+};
+
+// The previous generation's socket for this address, duplicated: the very
+// same listening socket, so no SYN is refused while a reload happens.
+net::Fd reuse_listener(const net::SockAddr& addr, const Generation* previous) {
+    if (!previous || addr.port() == 0) return net::Fd();
+    std::string wanted = addr.text();
+    for (const worker::Listener& l : previous->listeners)
+        if (l.fd && l.address == wanted) {
+            net::Fd copy(fcntl(l.fd.get(), F_DUPFD_CLOEXEC, 0));
+            if (copy) return copy;
+        }
+    return net::Fd();
+}
+
+// Binds (or takes over) every listener, or none.
+bool bind_all(Generation& gen, const Generation* previous, const mixlog::Logger& log) {
+    const int backlog = net::listen_backlog();
+    for (size_t r = 0; r < gen.cfg.rules.size(); ++r) {
+        for (const net::SockAddr& addr : gen.plan.binds[r]) {
+            std::string why;
+            worker::Listener listener;
+            listener.fd = reuse_listener(addr, previous);
+            if (!listener.fd) listener.fd = net::listen_on(addr, backlog, why);
+            if (!listener.fd) {
+                log.print("error: rule (%s): listen on %s: %s", gen.cfg.rules[r].name.c_str(), addr.text().c_str(),
+                          why.c_str());
+                gen.listeners.clear();
+                return false;
+            }
+            net::SockAddr bound;
+            listener.address = net::local_address(listener.fd.get(), bound) ? bound.text() : addr.text();
+            listener.rule = r;
+            gen.listeners.push_back(std::move(listener));
+        }
+    }
+    return true;
+}
+
+// The metrics endpoint listens on the first address of its name only: it is
+// for a local scraper, not for clients.
+bool bind_metrics(Generation& gen, const Generation* previous, const mixlog::Logger& log) {
+    if (gen.plan.metrics.empty()) return true;
+    const net::SockAddr& addr = gen.plan.metrics.front();
+    if (previous && previous->metrics && addr.port() != 0) {
+        net::SockAddr old;
+        if (net::local_address(previous->metrics.get(), old) && old.text() == addr.text())
+            gen.metrics.reset(fcntl(previous->metrics.get(), F_DUPFD_CLOEXEC, 0));
+    }
+    std::string why;
+    if (!gen.metrics) gen.metrics = net::listen_on(addr, 64, why);
+    if (!gen.metrics) {
+        log.print("error: metrics: listen on %s: %s", addr.text().c_str(), why.c_str());
+        return false;
+    }
+    net::SockAddr bound;
+    net::local_address(gen.metrics.get(), bound);
+    log.print("Serving metrics on http://%s/metrics", bound.text().c_str());
+    return true;
+}
+
+// Counters and health of upstreams that are still there survive a reload.
+void carry_state(Generation& gen, const Generation& previous) {
+    for (size_t r = 0; r < gen.cfg.rules.size(); ++r) {
+        const config::Rule& rule = gen.cfg.rules[r];
+        for (size_t pr = 0; pr < previous.cfg.rules.size(); ++pr) {
+            const config::Rule& old_rule = previous.cfg.rules[pr];
+            if (old_rule.name != rule.name) continue;
+            const upstreams::Pool& now = gen.shared.pool(r);
+            const upstreams::Pool& before = previous.shared.pool(pr);
+            now.state->cursor.store(before.state->cursor.load());
+            for (size_t u = 0; u < rule.to.size(); ++u)
+                for (size_t pu = 0; pu < old_rule.to.size(); ++pu)
+                    if (old_rule.to[pu].text == rule.to[u].text) upstreams::copy_history(before.at(pu), now.at(u));
+            break;
+        }
+    }
+}
+
+// What makes two rules of the same name "the same" for the reload summary.
+std::string fingerprint(const config::Rule& rule) {
+    const config::Policy& p = rule.policy;
+    std::string out = rule.from_text + "|" + config::strategy_name(p.strategy) + "|" + std::to_string(p.max_fails) +
+                      "|" + std::to_string(p.fail_timeout.count()) + "|" + std::to_string(p.resolve_interval.count()) +
+                      "|" + std::to_string(static_cast<int>(p.proxy)) + "|" + std::to_string(p.health.enabled) + "|" +
+                      std::to_string(p.health.interval.count()) + "|" + std::to_string(p.health.timeout.count()) + "|" +
+                      std::to_string(p.health.rise) + "|" + std::to_string(p.health.fall);
+    for (const config::Upstream& up : rule.to)
+        out += "|" + up.text + "*" + std::to_string(up.weight) + (up.backup ? "b" : "");
+    return out;
+}
+
+std::string reload_summary(const config::Config& now, const config::Config& before) {
+    size_t added = 0, removed = 0, changed = 0;
+    for (const config::Rule& r : now.rules) {
+        const config::Rule* old = nullptr;
+        for (const config::Rule& o : before.rules)
+            if (o.name == r.name) old = &o;
+        if (!old) ++added;
+        else if (fingerprint(*old) != fingerprint(r)) ++changed;
+    }
+    for (const config::Rule& o : before.rules) {
+        bool kept = false;
+        for (const config::Rule& r : now.rules) kept = kept || r.name == o.name;
+        removed += !kept;
+    }
+    return std::to_string(now.rules.size()) + " rules (" + std::to_string(added) + " added, " +
+           std::to_string(removed) + " removed, " + std::to_string(changed) + " changed)";
+}
+
+// Reads, validates, resolves and binds; nullptr (with every reason logged)
+// when any step fails. -check runs the same reading and validation.
+std::unique_ptr<Generation> build_generation(const std::string& file, size_t workers, const Generation* previous,
+                                             const mixlog::Logger& log) {
+    auto gen = std::make_unique<Generation>();
+    if (!load(file, log, gen->cfg, gen->plan)) return nullptr;
+    if (!bind_all(*gen, previous, log) || !bind_metrics(*gen, previous, log)) return nullptr;
+    if (!gen->shared.map(gen->cfg, gen->plan.upstreams) || !gen->board.map(static_cast<int>(workers))) {
+        log.print("error: mmap: %s", net::errno_text(errno).c_str());
+        return nullptr;
+    }
+    if (previous) carry_state(*gen, *previous);
+    gen->workers = workers;
+    bool with_checker = checker::needed(gen->cfg) || gen->metrics.valid();
+    gen->processes.resize(workers + (with_checker ? 1 : 0));
+    return gen;
+}
+
+// ---- supervision ----------------------------------------------------------
+
 class Supervisor {
 public:
-    Supervisor(const flags::Options& options, const upstreams::Shared& shared, std::vector<worker::Listener>& listeners,
-               net::Fd& metrics, const mixlog::Logger& log)
-        : options_(options), shared_(shared), listeners_(listeners), metrics_(metrics), log_(log) {}
+    Supervisor(const flags::Options& options, std::unique_ptr<Generation> first, const mixlog::Logger& log)
+        : options_(options), current_(std::move(first)), log_(log) {}
 
-    // The checker, when there is one, is the process after the workers.
-    int run(int worker_count, bool with_checker) {
+    int run() {
         if (!wake_.open() || !open_lifeline()) {
             log_.print("error: pipe: %s", net::errno_text(errno).c_str());
             return 1;
         }
-        if (!board_.map(worker_count)) {
-            log_.print("error: mmap: %s", net::errno_text(errno).c_str());
-            return 1;
-        }
         // Handlers go in before the first fork, so no signal is lost in between.
         for (int number : {SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGCHLD}) signals::handle(number);
-        worker_count_ = static_cast<size_t>(worker_count);
-        workers_.resize(worker_count_ + (with_checker ? 1 : 0));
-        for (size_t i = 0; i < workers_.size(); ++i) spawn(i);
+        for (size_t i = 0; i < current_->processes.size(); ++i) spawn(i);
         for (;;) {
             int rc = turn();
             if (rc >= 0) return rc;
@@ -180,6 +275,12 @@ public:
     }
 
 private:
+    // Workers of an older generation, finishing their connections.
+    struct Retired {
+        pid_t pid;
+        Clock::time_point kill_at;
+    };
+
     bool open_lifeline() {
         int ends[2];
         if (::pipe(ends) < 0) return false;
@@ -209,12 +310,13 @@ private:
         }
         if (signals::arrived.reload) {
             signals::arrived.reload = 0;
-            log_.print("SIGHUP: reload is not supported yet; restart mixctl to apply config changes");
+            if (!stopping_) reload();
         }
         if (signals::arrived.stats) {
             signals::arrived.stats = 0;
             log_stats();
         }
+        kill_overdue_retired();
         if (stopping_) {
             if (alive() == 0) {
                 log_.print("stopped");
@@ -231,49 +333,87 @@ private:
         Clock::time_point now = Clock::now();
         Clock::time_point wake = now + std::chrono::hours(1);
         if (stopping_) wake = std::min(wake, stop_deadline_);
-        for (const WorkerProcess& w : workers_)
+        for (const WorkerProcess& w : current_->processes)
             if (w.pid < 0 && !stopping_) wake = std::min(wake, w.respawn_at);
+        for (const Retired& r : retired_) wake = std::min(wake, r.kill_at);
         auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(wake - now).count() + 1;
         return static_cast<int>(std::max<int64_t>(0, ms));
     }
 
     size_t alive() const {
-        size_t n = 0;
-        for (const WorkerProcess& w : workers_) n += w.pid > 0;
+        size_t n = retired_.size();
+        for (const WorkerProcess& w : current_->processes) n += w.pid > 0;
         return n;
     }
 
+    Clock::duration grace() const { return std::chrono::duration_cast<Clock::duration>(options_.grace); }
+
+    // SIGHUP: the new generation starts serving, the old one stops accepting
+    // at once and finishes its connections within -grace.
+    void reload() {
+        std::unique_ptr<Generation> next = build_generation(options_.file, current_->workers, current_.get(), log_);
+        if (!next) {
+            log_.print("reload of %s failed: still serving the previous configuration", options_.file.c_str());
+            return;
+        }
+        std::string summary = reload_summary(next->cfg, current_->cfg);
+        Clock::time_point kill_at = Clock::now() + grace() + std::chrono::seconds(2);
+        for (const WorkerProcess& w : current_->processes)
+            if (w.pid > 0) {
+                kill(w.pid, SIGTERM);
+                retired_.push_back(Retired{w.pid, kill_at});
+            }
+        // Dropping the old generation closes our copies of its sockets before
+        // the new workers are forked, so a removed listener really closes.
+        current_ = std::move(next);
+        log_forwarding(current_->cfg, current_->listeners, log_);
+        for (size_t i = 0; i < current_->processes.size(); ++i) spawn(i);
+        log_.print("reloaded %s: %s", options_.file.c_str(), summary.c_str());
+    }
+
+    void kill_overdue_retired() {
+        Clock::time_point now = Clock::now();
+        for (Retired& r : retired_)
+            if (now >= r.kill_at && r.pid > 0) {
+                log_.print("worker %d of a previous configuration did not finish in time: killing it",
+                           static_cast<int>(r.pid));
+                kill(r.pid, SIGKILL);
+                r.kill_at = Clock::time_point::max();
+            }
+    }
+
     void spawn(size_t index) {
-        WorkerProcess& w = workers_[index];
-        if (index < worker_count_) board_.restart(static_cast<int>(index), worker::to_ms(Clock::now()));
+        Generation& gen = *current_;
+        WorkerProcess& w = gen.processes[index];
+        if (index < gen.workers) gen.board.restart(static_cast<int>(index), worker::to_ms(Clock::now()));
         pid_t pid = fork();
         if (pid < 0) {
             log_.print("error: fork: %s; retrying in 1s", net::errno_text(errno).c_str());
             w.respawn_at = Clock::now() + std::chrono::seconds(1);
             return;
         }
-        if (pid == 0) _exit(index < worker_count_ ? worker_main(index) : checker_main());
+        if (pid == 0) _exit(index < gen.workers ? worker_main(gen, index) : checker_main(gen));
         w.pid = pid;
         w.started = Clock::now();
     }
 
-    int checker_main() {
+    int checker_main(Generation& gen) {
         wake_.close();
         lifeline_write_.reset();
-        listeners_.clear();
+        gen.listeners.clear();
         for (int number : {SIGTERM, SIGCHLD}) signals::set_default(number);
         for (int number : {SIGINT, SIGHUP, SIGUSR1}) signals::ignore(number);
 #ifdef __linux__
         prctl(PR_SET_PDEATHSIG, SIGTERM);
 #endif
-        checker::Checker checker(shared_, log_, lifeline_read_.get(), metrics_.get());
+        checker::Checker checker(gen.shared, log_, lifeline_read_.get(), gen.metrics.get());
         return checker.run();
     }
 
-    int worker_main(size_t index) {
+    int worker_main(Generation& gen, size_t index) {
         wake_.close();
         lifeline_write_.reset();
-        metrics_.reset();
+        gen.metrics.reset();
         signals::ignore(SIGINT);   // a terminal's ^C reaches us via the parent's SIGTERM
         signals::ignore(SIGHUP);
         signals::ignore(SIGUSR1);
@@ -285,9 +425,9 @@ private:
         worker::Settings settings;
         settings.index = static_cast<int>(index);
         settings.dial_timeout = std::chrono::duration_cast<Clock::duration>(options_.dial_timeout);
-        settings.grace = std::chrono::duration_cast<Clock::duration>(options_.grace);
+        settings.grace = grace();
         settings.parent_fd = lifeline_read_.get();
-        worker::Worker relay(shared_, listeners_, settings, log_, board_);
+        worker::Worker relay(gen.shared, gen.listeners, settings, log_, gen.board);
         return relay.run();
     }
 
@@ -296,15 +436,22 @@ private:
             int status = 0;
             pid_t pid = waitpid(-1, &status, WNOHANG);
             if (pid <= 0) return;
-            for (size_t i = 0; i < workers_.size(); ++i) {
-                if (workers_[i].pid == pid) worker_exited(i, status);
-            }
+            for (size_t i = 0; i < current_->processes.size(); ++i)
+                if (current_->processes[i].pid == pid) process_exited(i, status);
+            for (size_t i = 0; i < retired_.size(); ++i)
+                if (retired_[i].pid == pid) {
+                    if (WIFSIGNALED(status) && WTERMSIG(status) != SIGTERM)
+                        log_.print("worker %d of a previous configuration exited: killed by signal %d",
+                                   static_cast<int>(pid), WTERMSIG(status));
+                    retired_.erase(retired_.begin() + static_cast<long>(i));
+                    break;
+                }
         }
     }
 
-    void worker_exited(size_t index, int status) {
-        WorkerProcess& w = workers_[index];
-        const char* what = index < worker_count_ ? "worker" : "checker";
+    void process_exited(size_t index, int status) {
+        WorkerProcess& w = current_->processes[index];
+        const char* what = index < current_->workers ? "worker" : "checker";
         if (WIFSIGNALED(status) && !(stopping_ && WTERMSIG(status) == SIGTERM))
             log_.print("%s %d exited: killed by signal %d (%s)", what, static_cast<int>(w.pid), WTERMSIG(status),
                        strsignal(WTERMSIG(status)));
@@ -323,38 +470,38 @@ private:
 
     void respawn_due() {
         Clock::time_point now = Clock::now();
-        for (size_t i = 0; i < workers_.size(); ++i)
-            if (workers_[i].pid < 0 && now >= workers_[i].respawn_at) spawn(i);
+        for (size_t i = 0; i < current_->processes.size(); ++i)
+            if (current_->processes[i].pid < 0 && now >= current_->processes[i].respawn_at) spawn(i);
     }
 
     void begin_stop() {
         stopping_ = true;
         log_.print("stopping: no new connections; live ones get up to %s to finish",
                    flags::format_duration(options_.grace).c_str());
-        listeners_.clear();  // our copies; workers close theirs on SIGTERM
-        metrics_.reset();
-        for (const WorkerProcess& w : workers_)
+        current_->listeners.clear();  // our copies; workers close theirs on SIGTERM
+        current_->metrics.reset();
+        for (const WorkerProcess& w : current_->processes)
             if (w.pid > 0) kill(w.pid, SIGTERM);
-        stop_deadline_ = Clock::now() + std::chrono::duration_cast<Clock::duration>(options_.grace) +
-                         std::chrono::seconds(2);
+        stop_deadline_ = Clock::now() + grace() + std::chrono::seconds(2);
     }
 
     int stop_now(const char* why) {
         log_.print("stopping now (%s)", why);
-        for (const WorkerProcess& w : workers_)
-            if (w.pid > 0) kill(w.pid, SIGKILL);
-        for (WorkerProcess& w : workers_) {
-            if (w.pid > 0) waitpid(w.pid, nullptr, 0);
-            w.pid = -1;
-        }
+        std::vector<pid_t> pids;
+        for (const WorkerProcess& w : current_->processes)
+            if (w.pid > 0) pids.push_back(w.pid);
+        for (const Retired& r : retired_) pids.push_back(r.pid);
+        for (pid_t pid : pids) kill(pid, SIGKILL);
+        for (pid_t pid : pids) waitpid(pid, nullptr, 0);
         return 0;
     }
 
     // One line per upstream, plain integers, so scripts can parse them.
     void log_stats() {
+        const Generation& gen = *current_;
         int64_t now_ms = worker::to_ms(Clock::now());
-        for (size_t r = 0; r < shared_.rules(); ++r) {
-            const upstreams::Pool& pool = shared_.pool(r);
+        for (size_t r = 0; r < gen.shared.rules(); ++r) {
+            const upstreams::Pool& pool = gen.shared.pool(r);
             for (size_t u = 0; u < pool.size(); ++u) {
                 const upstreams::UpstreamState& s = pool.at(u);
                 log_.print("stats rule=%s upstream=%s state=%s active=%u total=%llu failed=%llu bytes_in=%llu "
@@ -367,24 +514,19 @@ private:
                            static_cast<unsigned long long>(s.bytes_out.load()));
             }
         }
-        for (int i = 0; i < board_.count(); ++i) {
-            balance::WorkerSlot& s = board_.slot(i);
-            log_.print("stats worker=%d pid=%d active=%u accepted=%llu", i,
-                       static_cast<int>(workers_[static_cast<size_t>(i)].pid), s.active.load(),
-                       static_cast<unsigned long long>(s.accepted.load()));
+        for (size_t i = 0; i < gen.workers; ++i) {
+            const balance::WorkerSlot& s = gen.board.slot(static_cast<int>(i));
+            log_.print("stats worker=%zu pid=%d active=%u accepted=%llu", i, static_cast<int>(gen.processes[i].pid),
+                       s.active.load(), static_cast<unsigned long long>(s.accepted.load()));
         }
     }
 
     const flags::Options& options_;
-    const upstreams::Shared& shared_;
-    size_t worker_count_ = 0;
-    std::vector<worker::Listener>& listeners_;
-    net::Fd& metrics_;
+    std::unique_ptr<Generation> current_;
+    std::vector<Retired> retired_;
     const mixlog::Logger& log_;
     signals::SelfPipe wake_;
     net::Fd lifeline_read_, lifeline_write_;
-    balance::Board board_;
-    std::vector<WorkerProcess> workers_;
     bool stopping_ = false;
     Clock::time_point stop_deadline_{};
 };
@@ -417,29 +559,21 @@ int main(int argc, char** argv) {
         log.print("warning: ignoring arguments after the flags: %s (bool flags take a value only as -v=false)",
                   join(options.args).c_str());
 
-    config::Config cfg;
-    Plan plan;
-    if (!load(options.file, log, cfg, plan)) return 1;
     if (options.check) {
+        config::Config cfg;
+        Plan plan;
+        if (!load(options.file, log, cfg, plan)) return 1;
         printf("configuration OK\n");
         return 0;
     }
 
     signals::ignore(SIGPIPE);
     raise_fd_limit(log);
-    std::vector<worker::Listener> listeners;
-    if (!bind_all(cfg, plan, log, listeners)) return 1;
-    net::Fd metrics = bind_metrics(plan, log);
-    if (cfg.has_metrics && !metrics) return 1;
-    log_forwarding(cfg, listeners, log);
-    upstreams::Shared shared;
-    if (!shared.map(cfg, plan.upstreams)) {
-        log.print("error: mmap: %s", net::errno_text(errno).c_str());
-        return 1;
-    }
-
-    int workers = options.workers > 0 ? options.workers : online_cpus();
-    log.print("mixctl %s started: %d workers, pid %d", MIXCTL_VERSION, workers, static_cast<int>(getpid()));
-    Supervisor supervisor(options, shared, listeners, metrics, log);
-    return supervisor.run(workers, checker::needed(cfg) || metrics.valid());
+    size_t workers = static_cast<size_t>(options.workers > 0 ? options.workers : online_cpus());
+    std::unique_ptr<Generation> first = build_generation(options.file, workers, nullptr, log);
+    if (!first) return 1;
+    log_forwarding(first->cfg, first->listeners, log);
+    log.print("mixctl %s started: %zu workers, pid %d", MIXCTL_VERSION, workers, static_cast<int>(getpid()));
+    Supervisor supervisor(options, std::move(first), log);
+    return supervisor.run();
 }

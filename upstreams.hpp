@@ -167,6 +167,18 @@ inline bool record_failure(UpstreamState& s, const config::Policy& policy, int64
     return true;
 }
 
+// A reload keeps what was learned about an upstream that is still there.
+inline void copy_history(const UpstreamState& from, UpstreamState& to) {
+    to.total.store(from.total.load());
+    to.failed.store(from.failed.load());
+    to.bytes_in.store(from.bytes_in.load());
+    to.bytes_out.store(from.bytes_out.load());
+    to.window_start_ms.store(from.window_start_ms.load());
+    to.window_fails.store(from.window_fails.load());
+    to.down_until_ms.store(from.down_until_ms.load());
+    to.probe.store(from.probe.load());
+}
+
 inline void record_success(UpstreamState& s) {
     s.total.fetch_add(1, std::memory_order_relaxed);
     if (s.window_fails.load(std::memory_order_relaxed) != 0) s.window_fails.store(0, std::memory_order_relaxed);

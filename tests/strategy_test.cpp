@@ -537,26 +537,28 @@ TEST_CASE("a killed worker's connections stop counting as active, so least-conn 
     std::vector<pid_t> before = d.workers(1);
     REQUIRE(before.size() == 1);
 
-    std::vector<net::Fd> held;
-    std::map<std::string, int> got;
+    // Two connections held on A, none on B.
+    std::map<std::string, std::vector<net::Fd>> held;
     for (int i = 0; i < 4; ++i) {
         net::Fd fd;
-        ++got[who(port, nullptr, &fd)];
-        held.push_back(std::move(fd));
+        held[who(port, nullptr, &fd)].push_back(std::move(fd));
     }
-    CHECK(got["A"] == 2);
-    CHECK(got["B"] == 2);
+    REQUIRE(held["A"].size() == 2);
+    REQUIRE(held["B"].size() == 2);
+    held["B"].clear();
     auto s = stats_until(d, 2, [&](std::map<std::string, Stat>& st) {
-        return st[a.address()].active == 2 && st[b.address()].active == 2;
+        return st[a.address()].active == 2 && st[b.address()].active == 0;
     });
     REQUIRE(s[a.address()].active == 2);
+    REQUIRE(s[b.address()].active == 0);
 
-    // The worker dies with its connections; the parent starts a new one.
+    // The worker dies with A's connections; the parent starts a new one.
     REQUIRE(kill(before[0], SIGKILL) == 0);
-    for (net::Fd& fd : held) CHECK(closed_by_peer(fd.get(), 3000ms));
+    for (net::Fd& fd : held["A"]) CHECK(closed_by_peer(fd.get(), 3000ms));
     held.clear();
     std::vector<pid_t> after;
     REQUIRE(wait_until([&] { after = children(d.pid()); return after.size() == 1 && after[0] != before[0]; }, 5000ms));
+    CHECK(wait_until([&] { return a.active() == 0; }, 3000ms));  // A sees its connections gone too
 
     // Nothing is open any more, and the stats must say so.
     s = stats_until(d, 2, [&](std::map<std::string, Stat>& st) {
@@ -565,17 +567,19 @@ TEST_CASE("a killed worker's connections stop counting as active, so least-conn 
     INFO(s[a.address()].line << "\n" << s[b.address()].line);
     CHECK(s[a.address()].active == 0);
     CHECK(s[b.address()].active == 0);
-    CHECK(s[a.address()].total + s[b.address()].total == 4);  // the shared counters survived the worker
+    CHECK(s[a.address()].total == 2);  // the shared counters survived the worker
+    CHECK(s[b.address()].total == 2);
 
-    // And least-conn splits new held connections evenly again.
-    got.clear();
-    for (int i = 0; i < 4; ++i) {
+    // Both idle: two new held connections go one to each (not both to B).
+    std::map<std::string, int> got;
+    std::vector<net::Fd> more;
+    for (int i = 0; i < 2; ++i) {
         net::Fd fd;
         ++got[who(port, nullptr, &fd)];
-        held.push_back(std::move(fd));
+        more.push_back(std::move(fd));
     }
-    CHECK(got["A"] == 2);
-    CHECK(got["B"] == 2);
+    CHECK(got["A"] == 1);
+    CHECK(got["B"] == 1);
     CHECK(alive(d));
 }
 
