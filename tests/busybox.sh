@@ -12,6 +12,9 @@
 #   - SIGTERM stops it with status 0;
 #   - -syslog sends its lines to BusyBox syslogd inside the root, facility
 #     daemon, ident mixctl, each worker's lines under the worker's pid;
+#   - as on an initramfs: BusyBox init as pid 1 (in a new pid namespace) runs
+#     syslogd and mixctl -syslog from /etc/inittab, relays, and respawns
+#     mixctl when it is killed;
 #   - without the upstream.test line in /etc/hosts, -check fails with exit 1
 #     and an error naming the file, the line and the host (run in a private
 #     network namespace, so the failed lookup's DNS query goes nowhere).
@@ -123,6 +126,58 @@ if wait_for 20 test -S "$ROOT/dev/log"; then
     sed 's/^/  syslog: /' "$ROOT/var/log/messages" | tail -n 4
 else
     bad "busybox syslogd did not create /dev/log within 20 s"
+fi
+
+# ---- BusyBox init as pid 1, from /etc/inittab --------------------------------------------
+# (the inittab lines are the ones the README's Deploy section gives)
+kill -TERM "$syslogd" 2>/dev/null
+wait_exit 10 "$syslogd" || true
+rm -f "$ROOT/var/log/messages"
+mkdir -p "$ROOT/proc"
+printf '%s\n' "::sysinit:/bin/syslogd" "::respawn:/usr/bin/mixctl -f /etc/mixctl/rules.yaml -syslog" >"$ROOT/etc/inittab"
+# mixctl_under PID: the host pid of the mixctl that init (the child of PID) runs.
+mixctl_under() {
+    for p in $(children_of "$(children_of "$1" | awk '{print $1}')"); do
+        if [ "$(cat "/proc/$p/comm" 2>/dev/null)" = mixctl ]; then
+            echo "$p"
+            return 0
+        fi
+    done
+    return 1
+}
+starts() { grep -c "mixctl\[[0-9]*\]: mixctl .* started" "$ROOT/var/log/messages" 2>/dev/null; }
+if unshare -p -f --mount-proc="$ROOT/proc" true 2>/dev/null; then
+    unshare -p -f --mount-proc="$ROOT/proc" chroot "$ROOT" /bin/init >"$T_TMP/init.out" 2>&1 &
+    init=$!
+    started "$init"
+    if wait_for 30 has_port "$ROOT/var/log/messages" busybox; then
+        port=$(forwarded_port "$ROOT/var/log/messages" busybox)
+        ok "init: mixctl started from /etc/inittab, logging to syslogd"
+        check "init: 3 connections x 256 KiB relayed, SHA-256 equal" \
+            timeout 60 python3 "$T_ROOT/tests/tcp_check.py" client "$port" 262144 3
+        first=$(mixctl_under "$init")
+        if [ -n "$first" ]; then
+            kill -KILL "$first"
+            respawned() { [ "$(starts)" -ge 2 ]; }
+            check "init: mixctl killed with SIGKILL is respawned (a second start line)" wait_for 30 respawned
+            wait_for 30 sh -c '[ "$(grep -c "Forwarding (busybox)" "$1")" -ge 2 ]' _ "$ROOT/var/log/messages"
+            port=$(sed -n 's/.*Forwarding (busybox) from: .*:\([0-9][0-9]*\) to: .*/\1/p' "$ROOT/var/log/messages" | tail -n 1)
+            check "init: the respawned mixctl relays (port $port)" \
+                timeout 60 python3 "$T_ROOT/tests/tcp_check.py" client "$port" 65536 2
+        else
+            bad "init: no mixctl process found under init"
+        fi
+    else
+        bad "init: no Forwarding line in /var/log/messages within 30 s"
+        cat "$T_TMP/init.out"
+    fi
+    grep -v "Connected\|Closed" "$ROOT/var/log/messages" 2>/dev/null | sed 's/^/  init: /' | tail -n 6
+    # Killing init, pid 1 of its namespace, ends every process in it.
+    inner=$(children_of "$init" | awk '{print $1}')
+    [ -n "$inner" ] && kill -KILL "$inner" 2>/dev/null
+    check "init: gone with its namespace" wait_exit 10 "$init"
+else
+    echo "note: unshare -p (a pid namespace) is not available: the BusyBox init check was skipped"
 fi
 
 # ---- a missing /etc/hosts entry ---------------------------------------------------------

@@ -228,7 +228,6 @@ TEST_CASE("round-robin over 3 upstreams with 4 workers: 300 connections give eac
 
 TEST_CASE("least-conn: while one upstream holds connections open, new ones go to the others", "[strategy]") {
     Server a(banner("A")), b(banner("B")), c(banner("C"));
-    std::map<std::string, std::string> address_of{{"A", a.address()}, {"B", b.address()}, {"C", c.address()}};
     Daemon d(policy_rule("  strategy: least-conn\n", {quoted(a.address()), quoted(b.address()), quoted(c.address())}),
              {"-w", "2", "-v=false"});
     uint16_t port = d.port("r");

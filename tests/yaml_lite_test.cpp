@@ -434,6 +434,31 @@ TEST_CASE("find looks up mapping keys only", "[yaml_lite]") {
     CHECK(result.root.find("a")->find("a") == nullptr);
 }
 
+// Regression: duplicate detection and the tab check after "- " were once quadratic, and
+// these inputs took minutes. They now take milliseconds; a regression shows as a slow suite.
+TEST_CASE("large files parse in linear time", "[yaml_lite]") {
+    std::string keys, rules = "rules:\n";
+    for (int i = 0; i < 50000; ++i) keys += "k" + std::to_string(i) + ": v\n";
+    for (int i = 0; i < 10000; ++i)
+        rules += "- name: r" + std::to_string(i) + "\n  from: 127.0.0.1:" + std::to_string(i) + "\n  to: [a]\n";
+
+    auto many = parse(keys);
+    REQUIRE(many.ok());
+    CHECK(many.root.entries.size() == 50000);
+    CHECK(many.root.entries[49999].key == "k49999");
+    CHECK(many.root.entries[49999].line == 50000);
+
+    auto manyRules = parse(rules);
+    REQUIRE(manyRules.ok());
+    CHECK(manyRules.root.find("rules")->items.size() == 10000);
+    CHECK(manyRules.root.find("rules")->items[9999].find("from")->scalar == "127.0.0.1:9999");
+
+    auto duplicated = parse(keys + "k123: again\n");
+    REQUIRE(duplicated.errors.size() == 1);
+    CHECK(duplicated.errors[0].line == 50001);
+    CHECK(duplicated.errors[0].message == "mapping key \"k123\" already defined at line 124");
+}
+
 TEST_CASE("nesting is allowed up to 64 levels", "[yaml_lite]") {
     CHECK(parse(repeat("[", 64) + repeat("]", 64)).ok());
     CHECK(parse(nestedBlockMappings(64)).ok());
