@@ -51,6 +51,12 @@ struct Policy {
     HealthCheck health;
     Duration resolve_interval = std::chrono::seconds(30);
     proxy_protocol::Version proxy = proxy_protocol::Version::off;
+    // Timeouts: zero means "not set" (connect_timeout then falls back to -t).
+    Duration connect_timeout{};
+    Duration idle_timeout{};
+    Duration halfclose_timeout{};
+    int max_conns = 0;  // across all workers; 0: no limit
+    std::vector<net::Cidr> allow, deny;
 };
 
 struct Upstream {
@@ -272,6 +278,12 @@ private:
         else if (key == "resolve_interval") read_duration(entry, false, policy.resolve_interval);
         else if (key == "health_check") read_health(entry.value, policy.health);
         else if (key == "proxy_protocol") read_proxy(entry, policy.proxy);
+        else if (key == "connect_timeout") read_duration(entry, false, policy.connect_timeout);
+        else if (key == "idle_timeout") read_duration(entry, true, policy.idle_timeout);
+        else if (key == "halfclose_timeout") read_duration(entry, true, policy.halfclose_timeout);
+        else if (key == "max_conns") read_int(entry, 0, 10000000, policy.max_conns);
+        else if (key == "allow") read_cidrs(entry, policy.allow);
+        else if (key == "deny") read_cidrs(entry, policy.deny);
         else return false;
         return true;
     }
@@ -287,6 +299,25 @@ private:
                 }
         error(entry.value.line, "strategy: unknown strategy \"" + entry.value.scalar +
                                     "\" (want random, round-robin, least-conn or source-hash)");
+    }
+
+    void read_cidrs(const yaml_lite::Entry& entry, std::vector<net::Cidr>& out) {
+        out.clear();
+        std::vector<const yaml_lite::Node*> items;
+        if (entry.value.kind == yaml_lite::Kind::Scalar) items.push_back(&entry.value);
+        else if (entry.value.kind == yaml_lite::Kind::Sequence)
+            for (const yaml_lite::Node& item : entry.value.items) items.push_back(&item);
+        else error(entry.value.line, entry.key + ": must be a list of addresses or networks like 10.0.0.0/8");
+        for (const yaml_lite::Node* item : items) {
+            net::Cidr cidr;
+            std::string why;
+            if (item->kind != yaml_lite::Kind::Scalar || !net::parse_cidr(item->scalar, cidr, why)) {
+                error(item->line, entry.key + ": \"" + item->scalar + "\": " +
+                                      (why.empty() ? "want an address or network like 10.0.0.0/8" : why));
+                continue;
+            }
+            out.push_back(cidr);
+        }
     }
 
     void read_proxy(const yaml_lite::Entry& entry, proxy_protocol::Version& out) {

@@ -383,6 +383,7 @@ inline const std::vector<FlagSpec>& flag_specs() {
             {"grace", Kind::Duration,
              "on SIGTERM/SIGINT, time live connections get to finish"},
             {"syslog", Kind::Bool, "log to syslog(3) (facility daemon, ident mixctl) instead of stderr"},
+            {"u", Kind::String, "after binding, run workers as USER[:GROUP] (the parent keeps its rights for reloads)"},
         };
         std::sort(v.begin(), v.end(), [](const FlagSpec& a, const FlagSpec& b) {
             return std::string_view(a.name) < std::string_view(b.name);
@@ -539,6 +540,7 @@ struct Options {
     bool version = false;               // -version and -V (both set this)
     Duration grace = std::chrono::seconds(10);  // -grace
     bool syslog = false;                // -syslog
+    std::string user;                   // -u USER[:GROUP]; empty: stay who we are
     std::vector<std::string> args;      // positional arguments left after parsing stops
 };
 
@@ -569,6 +571,10 @@ inline bool set_value(const FlagSpec& spec, std::string_view value, Options& opt
     const std::string_view name = spec.name;
     if (name == "f") {
         options.file = std::string(value);
+        return true;
+    }
+    if (name == "u") {
+        options.user = std::string(value);
         return true;
     }
     if (name == "t" || name == "grace") {
@@ -620,6 +626,7 @@ inline void set_bool(std::string_view name, bool value, Options& options) {
 inline std::string default_text(const FlagSpec& spec, const Options& defaults) {
     const std::string_view name = spec.name;
     if (name == "f") return defaults.file.empty() ? std::string() : go_quote(defaults.file);
+    if (name == "u") return std::string();
     if (name == "t" || name == "grace") {
         Duration d = name == "t" ? defaults.dial_timeout : defaults.grace;
         return d.count() == 0 ? std::string() : format_duration(d);

@@ -306,7 +306,7 @@ private:
         }
         if (signals::arrived.stop) {
             if (!stopping_) begin_stop();
-            else if (signals::arrived.stop > 1) return stop_now("second signal");
+            if (signals::arrived.stop > 1) return stop_now("second signal");
         }
         if (signals::arrived.reload) {
             signals::arrived.reload = 0;

@@ -216,6 +216,65 @@ inline bool resolve(const HostPort& where, bool passive, std::vector<SockAddr>& 
     return true;
 }
 
+// ---- networks (allow/deny lists) ----------------------------------------
+
+struct Cidr {
+    int family = AF_INET;
+    unsigned char ip[16] = {};
+    int bits = 32;
+};
+
+// "10.0.0.0/8", "192.168.1.7" (= /32), "fd00::/8", "::1" (= /128).
+inline bool parse_cidr(std::string_view text, Cidr& out, std::string& error) {
+    std::string ip(text.substr(0, text.find('/')));
+    int max_bits = 0;
+    if (inet_pton(AF_INET, ip.c_str(), out.ip) == 1) {
+        out.family = AF_INET;
+        max_bits = 32;
+    } else if (inet_pton(AF_INET6, ip.c_str(), out.ip) == 1) {
+        out.family = AF_INET6;
+        max_bits = 128;
+    } else {
+        error = "not an IPv4 or IPv6 address";
+        return false;
+    }
+    out.bits = max_bits;
+    size_t slash = text.find('/');
+    if (slash != std::string_view::npos) {
+        std::string_view bits = text.substr(slash + 1);
+        int value = 0;
+        if (bits.empty() || bits.size() > 3) value = -1;
+        for (char c : bits) value = (c >= '0' && c <= '9' && value >= 0) ? value * 10 + (c - '0') : -1;
+        if (value < 0 || value > max_bits) {
+            error = "prefix length must be 0 to " + std::to_string(max_bits);
+            return false;
+        }
+        out.bits = value;
+    }
+    return true;
+}
+
+// Matches an accepted client; an IPv4 client on a dual-stack listener
+// (IPv4-mapped IPv6) matches IPv4 networks.
+inline bool cidr_contains(const Cidr& net, const SockAddr& client) {
+    const unsigned char* ip = nullptr;
+    int family = 0;
+    if (client.family() == AF_INET) {
+        family = AF_INET;
+        ip = reinterpret_cast<const unsigned char*>(&reinterpret_cast<const sockaddr_in*>(&client.storage)->sin_addr);
+    } else if (client.family() == AF_INET6) {
+        const auto* in6 = reinterpret_cast<const sockaddr_in6*>(&client.storage);
+        family = IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr) ? AF_INET : AF_INET6;
+        ip = family == AF_INET ? &in6->sin6_addr.s6_addr[12] : in6->sin6_addr.s6_addr;
+    }
+    if (!ip || family != net.family) return false;
+    int full = net.bits / 8, rest = net.bits % 8;
+    if (memcmp(ip, net.ip, static_cast<size_t>(full)) != 0) return false;
+    if (rest == 0) return true;
+    unsigned char mask = static_cast<unsigned char>(0xff << (8 - rest));
+    return (ip[full] & mask) == (net.ip[full] & mask);
+}
+
 // ---- descriptor flags ----------------------------------------------------
 
 inline bool set_nonblock_cloexec(int fd) {

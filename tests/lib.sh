@@ -8,6 +8,7 @@
 T_PASSED=0
 T_FAILED=0
 T_PIDS=""
+T_REAPED=""
 T_NAME=${T_NAME:-$(basename "$0" .sh)}
 T_ROOT=$(cd "$(dirname "$0")/.." && pwd)
 
@@ -71,6 +72,8 @@ cleanup() {
     # (stderr off: bash reports a killed job as "Killed" when it reaps it)
     {
         for pid in $T_PIDS; do
+            # a pid already reaped may belong to someone else by now
+            case " $T_REAPED " in *" $pid "*) continue ;; esac
             for child in $(children_of "$pid"); do kill -KILL "$child" || true; done
             kill -KILL "$pid" || true
         done
@@ -103,6 +106,7 @@ wait_exit() {
         if ! kill -0 "$2" 2>/dev/null || [ "$(sed -n 's/^[^)]*) \(.\).*/\1/p' "/proc/$2/stat" 2>/dev/null)" = Z ]; then
             T_STATUS=0
             wait "$2" || T_STATUS=$?
+            T_REAPED="$T_REAPED $2"
             return 0
         fi
         sleep 0.1
