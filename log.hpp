@@ -13,10 +13,13 @@
 // worker's lines carry the worker's pid.
 #pragma once
 
+#include <chrono>
 #include <cstdarg>
 #include <cstdio>
 #include <cstring>
 #include <ctime>
+#include <string>
+#include <unordered_map>
 #include <syslog.h>
 #include <unistd.h>
 
@@ -89,6 +92,42 @@ private:
 
     bool verbose_;
     bool syslog_;
+};
+
+// Keeps a repeated message (dial failures to one upstream, denied clients)
+// from flooding the log: up to `burst` lines per key and period; the next
+// line let through after a quiet spell says how many were held back.
+class Throttle {
+public:
+    using Clock = std::chrono::steady_clock;
+    static constexpr int burst = 5;
+    static constexpr std::chrono::seconds period{10};
+
+    // `more` becomes " (N more)" when lines were held back since the last one.
+    bool allow(const std::string& key, Clock::time_point now, std::string& more) {
+        if (keys_.size() > 4096) keys_.clear();  // bounded, whatever the keys
+        Window& w = keys_[key];
+        if (now - w.start >= period) {
+            w.start = now;
+            w.lines = 0;
+        }
+        if (w.lines >= burst) {
+            ++w.held;
+            return false;
+        }
+        ++w.lines;
+        more = w.held ? " (" + std::to_string(w.held) + " more)" : std::string();
+        w.held = 0;
+        return true;
+    }
+
+private:
+    struct Window {
+        Clock::time_point start{};
+        int lines = 0;
+        unsigned long long held = 0;
+    };
+    std::unordered_map<std::string, Window> keys_;
 };
 
 }  // namespace mixlog

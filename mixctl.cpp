@@ -27,6 +27,7 @@
 #include "flags.hpp"
 #include "log.hpp"
 #include "net.hpp"
+#include "privileges.hpp"
 #include "signals.hpp"
 #include "upstreams.hpp"
 #include "worker.hpp"
@@ -242,7 +243,7 @@ std::unique_ptr<Generation> build_generation(const std::string& file, size_t wor
     auto gen = std::make_unique<Generation>();
     if (!load(file, log, gen->cfg, gen->plan)) return nullptr;
     if (!bind_all(*gen, previous, log) || !bind_metrics(*gen, previous, log)) return nullptr;
-    if (!gen->shared.map(gen->cfg, gen->plan.upstreams) || !gen->board.map(static_cast<int>(workers))) {
+    if (!gen->shared.map(gen->cfg, gen->plan.upstreams, workers) || !gen->board.map(static_cast<int>(workers))) {
         log.print("error: mmap: %s", net::errno_text(errno).c_str());
         return nullptr;
     }
@@ -257,8 +258,9 @@ std::unique_ptr<Generation> build_generation(const std::string& file, size_t wor
 
 class Supervisor {
 public:
-    Supervisor(const flags::Options& options, std::unique_ptr<Generation> first, const mixlog::Logger& log)
-        : options_(options), current_(std::move(first)), log_(log) {}
+    Supervisor(const flags::Options& options, std::unique_ptr<Generation> first, const privileges::Identity* run_as,
+               const mixlog::Logger& log)
+        : options_(options), current_(std::move(first)), run_as_(run_as), log_(log) {}
 
     int run() {
         if (!wake_.open() || !open_lifeline()) {
@@ -385,7 +387,10 @@ private:
     void spawn(size_t index) {
         Generation& gen = *current_;
         WorkerProcess& w = gen.processes[index];
-        if (index < gen.workers) gen.board.restart(static_cast<int>(index), worker::to_ms(Clock::now()));
+        if (index < gen.workers) {
+            gen.board.restart(static_cast<int>(index), worker::to_ms(Clock::now()));
+            gen.shared.forget_worker(index);  // what a killed predecessor still held
+        }
         pid_t pid = fork();
         if (pid < 0) {
             log_.print("error: fork: %s; retrying in 1s", net::errno_text(errno).c_str());
@@ -406,6 +411,7 @@ private:
 #ifdef __linux__
         prctl(PR_SET_PDEATHSIG, SIGTERM);
 #endif
+        if (!become_unprivileged()) return 1;
         checker::Checker checker(gen.shared, log_, lifeline_read_.get(), gen.metrics.get());
         return checker.run();
     }
@@ -422,6 +428,7 @@ private:
 #ifdef __linux__
         prctl(PR_SET_PDEATHSIG, SIGTERM);
 #endif
+        if (!become_unprivileged()) return 1;
         worker::Settings settings;
         settings.index = static_cast<int>(index);
         settings.dial_timeout = std::chrono::duration_cast<Clock::duration>(options_.dial_timeout);
@@ -429,6 +436,14 @@ private:
         settings.parent_fd = lifeline_read_.get();
         worker::Worker relay(gen.shared, gen.listeners, settings, log_, gen.board);
         return relay.run();
+    }
+
+    bool become_unprivileged() const {
+        if (!run_as_) return true;
+        std::string why;
+        if (privileges::drop(*run_as_, why)) return true;
+        log_.print("error: -u %s: %s", options_.user.c_str(), why.c_str());
+        return false;
     }
 
     void reap() {
@@ -523,6 +538,7 @@ private:
 
     const flags::Options& options_;
     std::unique_ptr<Generation> current_;
+    const privileges::Identity* run_as_;
     std::vector<Retired> retired_;
     const mixlog::Logger& log_;
     signals::SelfPipe wake_;
@@ -567,6 +583,14 @@ int main(int argc, char** argv) {
         return 0;
     }
 
+    privileges::Identity identity;
+    if (!options.user.empty()) {
+        std::string why;
+        if (!privileges::lookup(options.user, identity, why)) {
+            log.print("error: %s", why.c_str());
+            return 1;
+        }
+    }
     signals::ignore(SIGPIPE);
     raise_fd_limit(log);
     size_t workers = static_cast<size_t>(options.workers > 0 ? options.workers : online_cpus());
@@ -574,6 +598,6 @@ int main(int argc, char** argv) {
     if (!first) return 1;
     log_forwarding(first->cfg, first->listeners, log);
     log.print("mixctl %s started: %zu workers, pid %d", MIXCTL_VERSION, workers, static_cast<int>(getpid()));
-    Supervisor supervisor(options, std::move(first), log);
+    Supervisor supervisor(options, std::move(first), options.user.empty() ? nullptr : &identity, log);
     return supervisor.run();
 }

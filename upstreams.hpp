@@ -43,6 +43,7 @@ struct UpstreamState {
     std::atomic<uint32_t> probe{probe_unknown};
     // A worker saw a connect fail: the checker re-resolves the name soon.
     std::atomic<uint32_t> resolve_wanted{0};
+    uint32_t column = 0;  // in the per-worker rows
     // Addresses, single writer (the checker), seqlock for the readers.
     std::atomic<uint32_t> version{0};
     uint32_t address_count = 0;
@@ -51,6 +52,9 @@ struct UpstreamState {
 
 struct RuleState {
     std::atomic<uint64_t> cursor{0};  // round-robin, shared by all workers
+    std::atomic<uint32_t> active{0};  // connections of this rule, all workers (max_conns)
+    std::atomic<uint64_t> denied{0};  // clients refused by allow/deny
+    uint32_t column = 0;              // in the per-worker rows
 };
 
 // One rule's view for choosing: static facts from the config plus pointers
@@ -71,29 +75,62 @@ public:
     ~Shared() { unmap(); }
 
     // resolved[r][u]: the addresses found at start for rule r, upstream u.
-    bool map(const config::Config& cfg, const std::vector<std::vector<std::vector<net::SockAddr>>>& resolved) {
+    bool map(const config::Config& cfg, const std::vector<std::vector<std::vector<net::SockAddr>>>& resolved,
+             size_t workers = 1) {
         unmap();
         size_t upstream_count = 0;
         for (const config::Rule& r : cfg.rules) upstream_count += r.to.size();
-        bytes_ = sizeof(RuleState) * cfg.rules.size() + sizeof(UpstreamState) * upstream_count;
+        columns_ = upstream_count + cfg.rules.size();
+        workers_ = workers;
+        size_t state_bytes = sizeof(RuleState) * cfg.rules.size() + sizeof(UpstreamState) * upstream_count;
+        state_bytes = (state_bytes + 63) / 64 * 64;
+        bytes_ = state_bytes + sizeof(std::atomic<int32_t>) * columns_ * workers_;
         void* memory = mmap(nullptr, bytes_, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
         if (memory == MAP_FAILED) return false;
         memory_ = memory;
         auto* rules = static_cast<RuleState*>(memory);
         auto* ups = reinterpret_cast<UpstreamState*>(rules + cfg.rules.size());
+        rows_ = reinterpret_cast<std::atomic<int32_t>*>(static_cast<char*>(memory) + state_bytes);
+        for (size_t i = 0; i < columns_ * workers_; ++i) new (&rows_[i]) std::atomic<int32_t>(0);
         size_t next = 0;
         for (size_t r = 0; r < cfg.rules.size(); ++r) {
             Pool pool;
             pool.rule = &cfg.rules[r];
             pool.state = new (&rules[r]) RuleState();
+            pool.state->column = static_cast<uint32_t>(upstream_count + r);
             pool.first = &ups[next];
             for (size_t u = 0; u < cfg.rules[r].to.size(); ++u) {
-                UpstreamState* s = new (&ups[next++]) UpstreamState();
+                UpstreamState* s = new (&ups[next]) UpstreamState();
+                s->column = static_cast<uint32_t>(next++);
                 set_addresses(*s, resolved[r][u]);
             }
             pools_.push_back(pool);
         }
         return true;
+    }
+
+    // Active counts are kept twice: a total that readers use, and one row per
+    // worker, so that the parent can take back what a worker that died
+    // without cleaning up (SIGKILL, a crash) still held.
+    void add_active(size_t worker, UpstreamState& s, int delta) const {
+        s.active.fetch_add(static_cast<uint32_t>(delta), std::memory_order_relaxed);
+        row(worker, s.column).fetch_add(delta, std::memory_order_relaxed);
+    }
+    void add_active(size_t worker, RuleState& r, int delta) const {
+        r.active.fetch_add(static_cast<uint32_t>(delta), std::memory_order_relaxed);
+        row(worker, r.column).fetch_add(delta, std::memory_order_relaxed);
+    }
+
+    // The parent, before it forks a replacement for `worker`.
+    void forget_worker(size_t worker) const {
+        if (worker >= workers_) return;
+        for (const Pool& pool : pools_) {
+            pool.state->active.fetch_sub(static_cast<uint32_t>(row(worker, pool.state->column).exchange(0)));
+            for (size_t u = 0; u < pool.size(); ++u) {
+                UpstreamState& s = pool.at(u);
+                s.active.fetch_sub(static_cast<uint32_t>(row(worker, s.column).exchange(0)));
+            }
+        }
     }
 
     const Pool& pool(size_t rule) const { return pools_[rule]; }
@@ -106,9 +143,15 @@ private:
         pools_.clear();
     }
 
+    std::atomic<int32_t>& row(size_t worker, uint32_t column) const {
+        return rows_[(worker < workers_ ? worker : 0) * columns_ + column];
+    }
+
     void* memory_ = nullptr;
     size_t bytes_ = 0;
     std::vector<Pool> pools_;
+    std::atomic<int32_t>* rows_ = nullptr;
+    size_t columns_ = 0, workers_ = 0;
 
 public:
     // Single writer (the checker, or the parent before forking).

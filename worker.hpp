@@ -70,8 +70,8 @@ public:
 
         for (;;) {
             check_signals();
-            Clock::time_point now = Clock::now();
-            expire_dials(now);
+            Clock::time_point now = now_ = Clock::now();
+            expire_timers(now);
             if (stopping_ && live_ == 0) return 0;
             if (stopping_ && now >= grace_deadline_) {
                 log_.print("worker %d: grace period over, closing %zu connections", settings_.index, live_);
@@ -87,6 +87,7 @@ public:
                 return 1;
             }
             if (ready == 0) continue;
+            now_ = Clock::now();
             handle_control();
             handle_connections();
             handle_listeners();
@@ -110,8 +111,13 @@ private:
         std::vector<uint16_t> order;  // upstreams to try, as indexes into the rule's `to`
         uint32_t step = 0, address = 0, attempts = 0;
         std::string last_error;       // of the upstream being tried
-        Clock::time_point dial_deadline{};
-        bool has_deadline = false;
+        // One timer per connection: the dial deadline while dialing, then the
+        // next idle or half-close check.
+        Clock::time_point timer_at{};
+        bool has_timer = false;
+        bool waiting_for_fds = false;   // socket() hit EMFILE: the dial is retried
+        bool holds_rule_slot = false;   // counted in the rule's active (max_conns)
+        Clock::time_point last_activity{}, half_closed_at{};
         relay::Direction up;    // client -> upstream
         relay::Direction down;  // upstream -> client
         int slot[2] = {-1, -1};
@@ -173,13 +179,14 @@ private:
 
     int poll_timeout(Clock::time_point now) const {
         Clock::time_point wake = now + std::chrono::hours(1);
-        if (!dial_deadlines_.empty()) wake = std::min(wake, dial_deadlines_.begin()->first);
+        if (!timers_.empty()) wake = std::min(wake, timers_.begin()->first);
         if (stopping_) wake = std::min(wake, grace_deadline_);
         if (paused_) wake = std::min(wake, resume_accept_);
+        if (rules_full_ && !stopping_) wake = std::min(wake, now + std::chrono::milliseconds(balance::Board::recheck_every_ms));
         if (board_.count() > 1 && !stopping_) {
             // Others' accept counts change without waking us: a worker held
             // back looks again soon, one that is not keeps its heartbeat fresh.
-            int every = listening_ ? balance::Board::heartbeat_every_ms : balance::Board::recheck_every_ms;
+            int every = listening_ && !rules_full_ ? balance::Board::heartbeat_every_ms : balance::Board::recheck_every_ms;
             wake = std::min(wake, now + std::chrono::milliseconds(every));
         }
         auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(wake - now).count();
@@ -216,14 +223,42 @@ private:
         }
     }
 
+    // A listener is polled while this worker may accept (balance), is not
+    // out of descriptors, and its rule is under max_conns; otherwise its
+    // connections wait in the kernel backlog.
     void arm_listeners(Clock::time_point now) {
         if (stopping_) return;
         if (paused_ && now >= resume_accept_) paused_ = false;
-        bool on = !paused_ && board_.may_accept(settings_.index, to_ms(now));
-        if (on == listening_) return;
-        listening_ = on;
-        for (size_t i = 0; i < listeners_.size(); ++i)
-            pollfds_[2 + i].fd = on ? listeners_[i].fd.get() : -1;
+        listening_ = !paused_ && board_.may_accept(settings_.index, to_ms(now));
+        rules_full_ = false;
+        for (size_t i = 0; i < listeners_.size(); ++i) {
+            bool full = rule_full(listeners_[i].rule);
+            rules_full_ = rules_full_ || full;
+            pollfds_[2 + i].fd = listening_ && !full ? listeners_[i].fd.get() : -1;
+        }
+    }
+
+    bool rule_full(size_t rule) const {
+        const upstreams::Pool& pool = shared_.pool(rule);
+        int max = pool.rule->policy.max_conns;
+        return max > 0 && pool.state->active.load(std::memory_order_relaxed) >= static_cast<uint32_t>(max);
+    }
+
+    // Takes a place under the rule's max_conns before accepting, so the
+    // limit holds across workers without ever accepting and dropping.
+    bool reserve_rule_slot(size_t rule) {
+        const upstreams::Pool& pool = shared_.pool(rule);
+        int max = pool.rule->policy.max_conns;
+        shared_.add_active(static_cast<size_t>(settings_.index), *pool.state, 1);
+        if (max > 0 && pool.state->active.load(std::memory_order_relaxed) > static_cast<uint32_t>(max)) {
+            shared_.add_active(static_cast<size_t>(settings_.index), *pool.state, -1);
+            return false;
+        }
+        return true;
+    }
+
+    void release_rule_slot(size_t rule) {
+        shared_.add_active(static_cast<size_t>(settings_.index), *shared_.pool(rule).state, -1);
     }
 
     void handle_listeners() {
@@ -234,12 +269,19 @@ private:
 
     void accept_batch(size_t index) {
         const int listener = listeners_[index].fd.get();
-        for (int n = 0; n < 64; ++n) {
-            if (!board_.may_accept(settings_.index, to_ms(Clock::now()))) return;
+        const size_t rule = listeners_[index].rule;
+        for (int n = 0; n < 64 && !paused_; ++n) {
+            if (!board_.may_accept(settings_.index, to_ms(now_))) return;
+            if (!reserve_rule_slot(rule)) {
+                pollfds_[2 + index].fd = -1;  // full: the backlog holds the rest
+                rules_full_ = true;
+                return;
+            }
             net::SockAddr peer;
             net::Fd client = net::accept_client(listener, peer);
             if (!client) {
                 int err = errno;
+                release_rule_slot(rule);
                 if (err == EAGAIN || err == EWOULDBLOCK) return;
                 if (err == EINTR || err == ECONNABORTED || err == EPROTO) continue;
                 if (out_of_resources(err)) {
@@ -250,8 +292,29 @@ private:
                 return;
             }
             board_.slot(settings_.index).accepted.fetch_add(1, std::memory_order_relaxed);
+            if (!admitted(rule, peer, index)) {
+                release_rule_slot(rule);
+                continue;  // closed as `client` goes out of scope
+            }
             start(std::move(client), peer, index);
         }
+    }
+
+    // allow:/deny: checked right after accept. Deny wins; a non-empty allow
+    // list admits only what it names.
+    bool admitted(size_t rule, const net::SockAddr& peer, size_t listener) {
+        const config::Policy& policy = shared_.pool(rule).rule->policy;
+        if (policy.allow.empty() && policy.deny.empty()) return true;
+        bool ok = policy.allow.empty();
+        for (const net::Cidr& c : policy.allow) ok = ok || net::cidr_contains(c, peer);
+        for (const net::Cidr& c : policy.deny) ok = ok && !net::cidr_contains(c, peer);
+        if (ok) return true;
+        shared_.pool(rule).state->denied.fetch_add(1, std::memory_order_relaxed);
+        std::string more;
+        if (throttle_.allow("denied " + shared_.pool(rule).rule->name, now_, more))
+            log_.print("denied %s on %s (%s)%s", peer.text().c_str(), listeners_[listener].address.c_str(),
+                       shared_.pool(rule).rule->name.c_str(), more.c_str());
+        return false;
     }
 
     static bool out_of_resources(int err) {
@@ -302,11 +365,12 @@ private:
         c.client = std::move(client);
         c.client_address = peer;
         c.listener = listener;
-        c.started = Clock::now();
+        c.started = c.last_activity = now_;
+        c.holds_rule_slot = true;
         net::tune_stream(c.client.get());
         const upstreams::Pool& pool = pool_of(c);
         auto random = [this] { return next_random(); };
-        if (!upstreams::plan(pool, peer, to_ms(c.started), random, c.order)) warn_fail_open(pool);
+        if (!upstreams::plan(pool, peer, to_ms(now_), random, c.order)) warn_fail_open(pool);
         c.slot[client_side] = static_cast<int>(add_slot(c.client.get(), 0, id, client_side));
         ++live_;
         board_.slot(settings_.index).active.fetch_add(1, std::memory_order_relaxed);
@@ -346,18 +410,19 @@ private:
             }
             if (rc == EINPROGRESS) {
                 c.slot[upstream_side] = static_cast<int>(add_slot(c.upstream.get(), POLLOUT, id, upstream_side));
-                if (settings_.dial_timeout.count() > 0) {
-                    c.dial_deadline = Clock::now() + settings_.dial_timeout;
-                    c.has_deadline = true;
-                    dial_deadlines_.emplace(c.dial_deadline, id);
-                }
+                Clock::duration limit = dial_timeout(c);
+                if (limit.count() > 0) schedule(c, id, now_ + limit);
                 return;
             }
             if (out_of_resources(rc)) {
                 // Our own shortage, not the upstream's fault: no other upstream
-                // would fare better, and none is marked down for it.
+                // would fare better and none is marked down for it. The client
+                // keeps its place and the same dial is tried again shortly.
+                --c.address;
+                --c.attempts;
                 pause_accepting(c.listener, rc, "socket for");
-                finish(id, "out of file descriptors", true);
+                c.waiting_for_fds = true;
+                schedule(c, id, now_ + std::chrono::milliseconds(pause_ms));
                 return;
             }
             log_dial_error(c, net::errno_text(rc));
@@ -371,10 +436,12 @@ private:
         c.last_error = why;
         std::string address = c.dialed.text();
         const std::string& text = target_text(c);
+        std::string more;
+        if (!throttle_.allow("dial " + text, now_, more)) return;
         if (address == text)
-            log_.print("error dialing %s: %s", text.c_str(), why.c_str());
+            log_.print("error dialing %s: %s%s", text.c_str(), why.c_str(), more.c_str());
         else
-            log_.print("error dialing %s (%s): %s", text.c_str(), address.c_str(), why.c_str());
+            log_.print("error dialing %s (%s): %s%s", text.c_str(), address.c_str(), why.c_str(), more.c_str());
     }
 
     // Every address of one upstream failed: that counts against its health.
@@ -383,14 +450,14 @@ private:
         upstreams::UpstreamState& state = pool_of(c).at(c.target);
         const config::Rule& rule = rule_of(c);
         state.resolve_wanted.store(1, std::memory_order_relaxed);
-        if (upstreams::record_failure(state, rule.policy, to_ms(Clock::now())))
+        if (upstreams::record_failure(state, rule.policy, to_ms(now_)))
             log_.print("upstream %s of (%s) is DOWN: %s (passive: %d failed connects within %s)",
                        target_text(c).c_str(), rule.name.c_str(), c.last_error.c_str(), rule.policy.max_fails,
                        flags::format_duration(rule.policy.fail_timeout).c_str());
     }
 
     void drop_dial(Conn& c, uint32_t id) {
-        drop_dial_deadline(c, id);
+        unschedule(c, id);
         if (c.slot[upstream_side] >= 0) remove_slot(static_cast<size_t>(c.slot[upstream_side]));
         c.slot[upstream_side] = -1;
         c.upstream.reset();
@@ -405,11 +472,13 @@ private:
 
     void connected(uint32_t id) {
         Conn& c = *conns_[id];
-        drop_dial_deadline(c, id);
+        unschedule(c, id);
         c.connected = true;
+        c.last_activity = now_;
         upstreams::UpstreamState& state = pool_of(c).at(c.target);
         upstreams::record_success(state);
-        state.active.fetch_add(1, std::memory_order_relaxed);
+        shared_.add_active(static_cast<size_t>(settings_.index), state, 1);
+        arm_relay_timer(c, id);
         log_.trace("Connected %s => %s (%s)", listeners_[c.listener].address.c_str(), target_text(c).c_str(),
                    c.client_address.text().c_str());
         if (rule_of(c).policy.proxy != proxy_protocol::Version::off) {
@@ -426,16 +495,70 @@ private:
         update_events(c);
     }
 
-    void expire_dials(Clock::time_point now) {
-        while (!dial_deadlines_.empty() && dial_deadlines_.begin()->first <= now) {
-            uint32_t id = dial_deadlines_.begin()->second;
-            dial_deadlines_.erase(dial_deadlines_.begin());
-            Conn& c = *conns_[id];
-            c.has_deadline = false;
-            // The socket is closed below, so a late SYN-ACK can never be used.
-            std::string why = "i/o timeout after " + std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(settings_.dial_timeout).count()) + "ms";
-            dial_failed(id, why);
+    Clock::duration dial_timeout(const Conn& c) const {
+        const flags::Duration per_rule = rule_of(c).policy.connect_timeout;
+        if (per_rule.count() > 0) return std::chrono::duration_cast<Clock::duration>(per_rule);
+        return settings_.dial_timeout;
+    }
+
+    void schedule(Conn& c, uint32_t id, Clock::time_point when) {
+        unschedule(c, id);
+        c.timer_at = when;
+        c.has_timer = true;
+        timers_.emplace(when, id);
+    }
+
+    void unschedule(Conn& c, uint32_t id) {
+        if (c.has_timer) timers_.erase({c.timer_at, id});
+        c.has_timer = false;
+    }
+
+    void expire_timers(Clock::time_point now) {
+        while (!timers_.empty() && timers_.begin()->first <= now) {
+            uint32_t id = timers_.begin()->second;
+            timers_.erase(timers_.begin());
+            conns_[id]->has_timer = false;
+            on_timer(id, now);
         }
+    }
+
+    void on_timer(uint32_t id, Clock::time_point now) {
+        Conn& c = *conns_[id];
+        if (c.waiting_for_fds) {
+            c.waiting_for_fds = false;
+            dial_next(id);
+            return;
+        }
+        if (!c.connected) {
+            // The socket is closed here, so a late SYN-ACK can never be used.
+            auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(dial_timeout(c)).count();
+            dial_failed(id, "i/o timeout after " + std::to_string(ms) + "ms");
+            return;
+        }
+        const config::Policy& policy = rule_of(c).policy;
+        if (policy.idle_timeout.count() > 0 && now - c.last_activity >= policy.idle_timeout) {
+            finish(id, "idle timeout", false);
+            return;
+        }
+        if (policy.halfclose_timeout.count() > 0 && c.half_closed_at != Clock::time_point{} &&
+            now - c.half_closed_at >= policy.halfclose_timeout) {
+            finish(id, "half-close timeout", false);
+            return;
+        }
+        arm_relay_timer(c, id);
+    }
+
+    // Idle and half-close deadlines are checked lazily: activity only
+    // updates last_activity, and the timer, when it fires, looks again.
+    void arm_relay_timer(Conn& c, uint32_t id) {
+        const config::Policy& policy = rule_of(c).policy;
+        Clock::time_point next = Clock::time_point::max();
+        if (policy.idle_timeout.count() > 0)
+            next = std::min(next, c.last_activity + std::chrono::duration_cast<Clock::duration>(policy.idle_timeout));
+        if (policy.halfclose_timeout.count() > 0 && c.half_closed_at != Clock::time_point{})
+            next = std::min(next, c.half_closed_at +
+                                      std::chrono::duration_cast<Clock::duration>(policy.halfclose_timeout));
+        if (next != Clock::time_point::max()) schedule(c, id, next);
     }
 
     void handle_connections() {
@@ -485,7 +608,7 @@ private:
             err = reading.pump(self, other, scratch_.get(), pool_);
         if (!err && (revents & POLLERR) && !reading.wants_read() && !writing.has_parked())
             err = net::pending_error(self);
-        count_bytes(c);
+        if (count_bytes(c)) c.last_activity = now_;
         if (err) {
             finish(owner.conn, net::errno_text(err).c_str(), true);
             return;
@@ -494,11 +617,17 @@ private:
             finish(owner.conn, nullptr, false);
             return;
         }
+        if ((c.up.finished() || c.down.finished()) && c.half_closed_at == Clock::time_point{}) {
+            c.half_closed_at = now_;
+            if (rule_of(c).policy.halfclose_timeout.count() > 0) arm_relay_timer(c, owner.conn);
+        }
         update_events(c);
     }
 
-    void count_bytes(Conn& c) {
+    // Returns whether anything moved since the last call.
+    bool count_bytes(Conn& c) {
         upstreams::UpstreamState& state = pool_of(c).at(c.target);
+        bool moved = c.up.bytes() != c.counted_in || c.down.bytes() != c.counted_out;
         if (c.up.bytes() != c.counted_in) {
             state.bytes_in.fetch_add(c.up.bytes() - c.counted_in, std::memory_order_relaxed);
             c.counted_in = c.up.bytes();
@@ -507,6 +636,7 @@ private:
             state.bytes_out.fetch_add(c.down.bytes() - c.counted_out, std::memory_order_relaxed);
             c.counted_out = c.down.bytes();
         }
+        return moved;
     }
 
     // The one way a connection ends: logs exactly one line, frees both
@@ -514,7 +644,8 @@ private:
     // the other instead of looking like a clean end.
     void finish(uint32_t id, const char* reason, bool abort) {
         Conn& c = *conns_[id];
-        drop_dial_deadline(c, id);
+        unschedule(c, id);
+        if (c.holds_rule_slot) release_rule_slot(listeners_[c.listener].rule);
         if (c.connected) {
             double seconds = std::chrono::duration<double>(Clock::now() - c.started).count();
             char extra[160] = "";
@@ -522,7 +653,7 @@ private:
             log_.trace("Closed %s => %s (%s) bytes_in=%" PRIu64 " bytes_out=%" PRIu64 " duration=%.3fs%s",
                        listeners_[c.listener].address.c_str(), target_text(c).c_str(),
                        c.client_address.text().c_str(), c.up.bytes(), c.down.bytes(), seconds, extra);
-            pool_of(c).at(c.target).active.fetch_sub(1, std::memory_order_relaxed);
+            shared_.add_active(static_cast<size_t>(settings_.index), pool_of(c).at(c.target), -1);
         } else if (reason) {
             log_.trace("Closed %s => - (%s) %s", listeners_[c.listener].address.c_str(),
                        c.client_address.text().c_str(), reason);
@@ -545,11 +676,6 @@ private:
         board_.slot(settings_.index).active.fetch_sub(1, std::memory_order_relaxed);
     }
 
-    void drop_dial_deadline(Conn& c, uint32_t id) {
-        if (c.has_deadline) dial_deadlines_.erase({c.dial_deadline, id});
-        c.has_deadline = false;
-    }
-
     void abort_all() {
         for (uint32_t id = 0; id < conns_.size(); ++id)
             if (conns_[id]->client) finish(id, "shutting down", true);
@@ -570,7 +696,10 @@ private:
     std::vector<std::unique_ptr<Conn>> conns_;
     std::vector<uint32_t> free_;
     size_t live_ = 0;
-    std::set<std::pair<Clock::time_point, uint32_t>> dial_deadlines_;
+    std::set<std::pair<Clock::time_point, uint32_t>> timers_;
+    Clock::time_point now_{};  // this turn's time: one clock read per turn, not per event
+    mixlog::Throttle throttle_;
+    bool rules_full_ = false;
     relay::BufferPool pool_;
     std::unique_ptr<char[]> scratch_;
     uint64_t random_state_;

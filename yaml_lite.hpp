@@ -52,7 +52,7 @@ inline const Node* Node::find(std::string_view key) const {
 
 namespace detail {
 
-constexpr int kMaxNesting = 64;
+inline constexpr int kMaxNesting = 64;
 
 inline bool isBlank(char c) { return c == ' ' || c == '\t'; }
 inline bool isFlowIndicator(char c) { return c == ',' || c == '[' || c == ']' || c == '{' || c == '}'; }

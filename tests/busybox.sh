@@ -132,9 +132,18 @@ fi
 # (the inittab lines are the ones the README's Deploy section gives)
 kill -TERM "$syslogd" 2>/dev/null
 wait_exit 10 "$syslogd" || true
-rm -f "$ROOT/var/log/messages"
-mkdir -p "$ROOT/proc"
-printf '%s\n' "::sysinit:/bin/syslogd" "::respawn:/usr/bin/mixctl -f /etc/mixctl/rules.yaml -syslog" >"$ROOT/etc/inittab"
+rm -f "$ROOT/var/log/messages" "$ROOT/dev/log" # as after a boot: no socket yet
+mkdir -p "$ROOT/proc" "$ROOT/etc/init.d"
+printf '%s\n' "::sysinit:/etc/init.d/rcS" "::respawn:/usr/bin/mixctl -f /etc/mixctl/rules.yaml -syslog" >"$ROOT/etc/inittab"
+cat >"$ROOT/etc/init.d/rcS" <<'RCS'
+#!/bin/sh
+syslogd
+# syslogd forks before its socket is up: wait for it (5 s at most), so
+# that mixctl's start-up lines reach the log.
+i=0
+while [ ! -S /dev/log ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+RCS
+chmod 755 "$ROOT/etc/init.d/rcS"
 # mixctl_under PID: the host pid of the mixctl that init (the child of PID) runs.
 mixctl_under() {
     for p in $(children_of "$(children_of "$1" | awk '{print $1}')"); do

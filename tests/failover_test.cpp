@@ -288,7 +288,8 @@ TEST_CASE("dials that time out leave no descriptor behind and are never complete
     for (net::Fd& c : clients) closed += closed_by_peer(c.get(), 3000ms);
     CHECK(closed == n);
     CHECK(d.wait_log("no upstream of (r) reachable", 3000ms, n));
-    CHECK(d.count("error dialing " + hole.address() + ": i/o timeout") == static_cast<size_t>(n));
+    // Identical dial errors are rate-limited (5 lines per 10 s per upstream).
+    CHECK(d.count("error dialing " + hole.address() + ": i/o timeout") == 5);
     CHECK(wait_until([&] { return fd_count(worker) == baseline; }, 3000ms));
 
     // Make room in the hole. A dial socket kept past its deadline would

@@ -691,6 +691,8 @@ TEST_CASE("usage text is exactly what Go's default usage would print", "[flags][
         "    \tlog to syslog(3) (facility daemon, ident mixctl) instead of stderr\n"
         "  -t duration\n"
         "    \tupstream dial timeout; 0 means no deadline (default 1.5s)\n"
+        "  -u string\n"
+        "    \tafter binding, run workers as USER[:GROUP] (the parent keeps its rights for reloads)\n"
         "  -v\tverbose: log every connection (default true)\n"
         "  -version\n"
         "    \tprint the version and exit\n"
@@ -722,7 +724,7 @@ TEST_CASE("usage names the program by the basename of argv[0]", "[flags][usage]"
 TEST_CASE("usage lists every flag once, sorted by name with uppercase first", "[flags][usage]") {
     const std::string text = flags::usage("mixctl");
     const char* order[] = {"\n  -V\t",          "\n  -check\n",   "\n  -f string\n",
-                           "\n  -grace duration\n", "\n  -syslog\n", "\n  -t duration\n", "\n  -v\t",
+                           "\n  -grace duration\n", "\n  -syslog\n", "\n  -t duration\n", "\n  -u string\n", "\n  -v\t",
                            "\n  -version\n",    "\n  -w int\n"};
     std::size_t last = 0;
     for (const char* entry : order) {
@@ -739,7 +741,7 @@ TEST_CASE("usage lists every flag once, sorted by name with uppercase first", "[
          at = text.find("\n  -", at + 1)) {
         ++flag_lines;
     }
-    CHECK(flag_lines == 9);
+    CHECK(flag_lines == 10);
 }
 
 TEST_CASE("usage shows defaults the way Go does and omits zero-value defaults",
@@ -756,9 +758,9 @@ TEST_CASE("usage shows defaults the way Go does and omits zero-value defaults",
 }
 
 TEST_CASE("every flag in the usage text is one that parse accepts", "[flags][usage]") {
-    const char* names[] = {"V", "check", "f", "grace", "syslog", "t", "v", "version", "w"};
-    const char* sample[] = {"", "", "x", "1s", "", "1s", "", "", "2"};
-    for (std::size_t i = 0; i < 9; ++i) {
+    const char* names[] = {"V", "check", "f", "grace", "syslog", "t", "u", "v", "version", "w"};
+    const char* sample[] = {"", "", "x", "1s", "", "1s", "nobody", "", "", "2"};
+    for (std::size_t i = 0; i < 10; ++i) {
         INFO("flag: " << names[i]);
         CHECK(flags::usage("mixctl").find(std::string("  -") + names[i]) != std::string::npos);
         Args argv = {std::string("-") + names[i]};
