@@ -91,12 +91,17 @@ public:
         return fallback;
     }
 
+    // When every place is taken, the oldest client that has not finished
+    // its request makes room: idle connections can not lock scrapers out,
+    // and the listener never stays readable unserved (which would spin).
     void accept_all(int64_t now_ms) {
         (void)now_ms;
-        for (int n = 0; n < 16 && clients_.size() < max_clients; ++n) {
+        for (int n = 0; n < 16; ++n) {
             net::SockAddr peer;
             net::Fd fd = net::accept_client(listener_, peer);
             if (!fd) return;
+            if (clients_.size() >= max_clients) evict_oldest_waiting();
+            if (clients_.size() >= max_clients) return;  // all busy writing replies: drop the newcomer
             clients_.push_back(Client{std::move(fd), std::string(), std::string(), 0, Clock::now() + patience});
         }
     }
@@ -119,6 +124,14 @@ private:
         size_t sent;
         Clock::time_point deadline;
     };
+
+    void evict_oldest_waiting() {
+        for (size_t i = 0; i < clients_.size(); ++i)
+            if (clients_[i].reply.empty()) {
+                clients_.erase(clients_.begin() + static_cast<long>(i));
+                return;
+            }
+    }
 
     // Returns true when the client is finished with (error or EOF).
     bool read_request(Client& c, int64_t now_ms) {

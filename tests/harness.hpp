@@ -4,6 +4,7 @@
 // harness starts is killed by pid when its owner goes out of scope.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <csignal>
@@ -332,6 +333,81 @@ inline Server::Handler banner(std::string name) {
         echo(fd);
     };
 }
+
+// An upstream that never answers a SYN: a loopback listener with backlog 0
+// whose one accept-queue place is taken by a connection nobody accepts, so
+// the kernel drops every further SYN. The connecting side sees nothing
+// until its own deadline.
+class BlackHole {
+public:
+    BlackHole() {
+        listener_ = net::Fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+        net::SockAddr at = loopback(0);
+        if (!listener_ || ::bind(listener_.get(), at.get(), at.length) < 0 || ::listen(listener_.get(), 0) < 0) return;
+        net::SockAddr bound;
+        net::local_address(listener_.get(), bound);
+        port_ = bound.port();
+        // The first filler completes its handshake and fills the queue; the
+        // second one's SYN is already dropped.
+        for (int i = 0; i < 2; ++i) {
+            net::Fd f = start_connect();
+            if (!f) return;
+            if (i == 0) {
+                pollfd p{f.get(), POLLOUT, 0};
+                if (::poll(&p, 1, 2000) != 1 || net::pending_error(f.get()) != 0) return;
+            }
+            net::SockAddr local;
+            net::local_address(f.get(), local);
+            filler_ports_.push_back(local.port());
+            fillers_.push_back(std::move(f));
+        }
+    }
+
+    uint16_t port() const { return port_; }
+    std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
+
+    // True when a fresh connect gets no answer within `limit`.
+    bool swallows(Ms limit = 300ms) const {
+        if (!port_ || fillers_.size() != 2) return false;
+        net::Fd probe = start_connect();
+        if (!probe) return false;
+        pollfd p{probe.get(), POLLOUT, 0};
+        return ::poll(&p, 1, static_cast<int>(limit.count())) == 0;
+    }
+
+    // Accepts whatever completes a handshake until `until`, and returns
+    // the peer ports of connections that are not our own fillers.
+    std::vector<uint16_t> drain_strangers(Clock::time_point until) {
+        std::vector<uint16_t> strangers;
+        for (;;) {
+            long left = std::chrono::duration_cast<Ms>(until - Clock::now()).count();
+            if (left <= 0) break;
+            pollfd p{listener_.get(), POLLIN, 0};
+            if (::poll(&p, 1, static_cast<int>(left)) <= 0) continue;
+            net::SockAddr peer;
+            net::Fd got = net::accept_client(listener_.get(), peer);
+            if (!got) continue;
+            if (std::find(filler_ports_.begin(), filler_ports_.end(), peer.port()) == filler_ports_.end())
+                strangers.push_back(peer.port());
+            accepted_.push_back(std::move(got));
+        }
+        return strangers;
+    }
+
+private:
+    net::Fd start_connect() const {
+        net::Fd f(::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+        net::SockAddr to = loopback(port_);
+        if (!f) return f;
+        if (::connect(f.get(), to.get(), to.length) < 0 && errno != EINPROGRESS) return net::Fd();
+        return f;
+    }
+
+    net::Fd listener_;
+    uint16_t port_ = 0;
+    std::vector<net::Fd> fillers_, accepted_;
+    std::vector<uint16_t> filler_ports_;
+};
 
 // ---- the daemon ----------------------------------------------------------------
 
