@@ -7,10 +7,12 @@
 #pragma once
 
 #include <cerrno>
+#include <cstdlib>
 #include <string>
+#include <vector>
 
+#include <fcntl.h>
 #include <grp.h>
-#include <pwd.h>
 #include <sys/types.h>
 #include <unistd.h>
 
@@ -24,28 +26,52 @@ struct Identity {
     gid_t gid = 0;
 };
 
-// Looks up "user" or "user:group"; on failure `error` says what is missing.
+// One "name:x:id:..." line of /etc/passwd or /etc/group. Read directly, not
+// through getpwnam(): a static binary cannot load glibc's NSS modules on a
+// router or in an initramfs, and these files are what such systems have.
+inline bool find_entry(const char* path, const std::string& name, long& id, long& group_of_user) {
+    net::Fd fd(::open(path, O_RDONLY | O_CLOEXEC));
+    if (!fd) return false;
+    std::string text;
+    char chunk[4096];
+    ssize_t n;
+    while ((n = ::read(fd.get(), chunk, sizeof chunk)) > 0 && text.size() < (1u << 22)) text.append(chunk, static_cast<size_t>(n));
+    size_t at = 0;
+    while (at < text.size()) {
+        size_t end = text.find('\n', at);
+        if (end == std::string::npos) end = text.size();
+        std::string line = text.substr(at, end - at);
+        at = end + 1;
+        std::vector<std::string> fields;
+        size_t from = 0;
+        for (size_t colon; (colon = line.find(':', from)) != std::string::npos; from = colon + 1)
+            fields.push_back(line.substr(from, colon - from));
+        fields.push_back(line.substr(from));
+        if (fields.size() < 3 || fields[0] != name) continue;
+        id = atol(fields[2].c_str());
+        group_of_user = fields.size() > 3 ? atol(fields[3].c_str()) : -1;
+        return true;
+    }
+    return false;
+}
+
+// Looks up "user" or "user:group" (names from /etc/passwd and /etc/group);
+// on failure `error` says what is missing.
 inline bool lookup(const std::string& spec, Identity& out, std::string& error) {
     std::string user = spec.substr(0, spec.find(':'));
     std::string group_name = spec.find(':') == std::string::npos ? std::string() : spec.substr(spec.find(':') + 1);
-    errno = 0;
-    const passwd* pw = getpwnam(user.c_str());
-    if (!pw) {
-        error = "-u " + spec + ": no user \"" + user + "\"" + (errno ? ": " + net::errno_text(errno) : std::string());
+    long uid = -1, gid = -1, unused = -1;
+    if (!find_entry("/etc/passwd", user, uid, gid)) {
+        error = "-u " + spec + ": no user \"" + user + "\" in /etc/passwd";
+        return false;
+    }
+    if (!group_name.empty() && !find_entry("/etc/group", group_name, gid, unused)) {
+        error = "-u " + spec + ": no group \"" + group_name + "\" in /etc/group";
         return false;
     }
     out.user = user;
-    out.uid = pw->pw_uid;
-    out.gid = pw->pw_gid;
-    if (!group_name.empty()) {
-        errno = 0;
-        const group* gr = getgrnam(group_name.c_str());
-        if (!gr) {
-            error = "-u " + spec + ": no group \"" + group_name + "\"" + (errno ? ": " + net::errno_text(errno) : std::string());
-            return false;
-        }
-        out.gid = gr->gr_gid;
-    }
+    out.uid = static_cast<uid_t>(uid);
+    out.gid = static_cast<gid_t>(gid);
     if (geteuid() != 0 && geteuid() != out.uid) {
         error = "-u " + spec + ": only root can switch users";
         return false;

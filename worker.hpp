@@ -647,12 +647,14 @@ private:
         unschedule(c, id);
         if (c.holds_rule_slot) release_rule_slot(listeners_[c.listener].rule);
         if (c.connected) {
-            double seconds = std::chrono::duration<double>(Clock::now() - c.started).count();
+            // Whole milliseconds, printed without floating point (which would
+            // pull printf's float code into a static binary).
+            long long ms = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - c.started).count();
             char extra[160] = "";
             if (reason) snprintf(extra, sizeof extra, " error=\"%s\"", reason);
-            log_.trace("Closed %s => %s (%s) bytes_in=%" PRIu64 " bytes_out=%" PRIu64 " duration=%.3fs%s",
+            log_.trace("Closed %s => %s (%s) bytes_in=%" PRIu64 " bytes_out=%" PRIu64 " duration=%lld.%03llds%s",
                        listeners_[c.listener].address.c_str(), target_text(c).c_str(),
-                       c.client_address.text().c_str(), c.up.bytes(), c.down.bytes(), seconds, extra);
+                       c.client_address.text().c_str(), c.up.bytes(), c.down.bytes(), ms / 1000, ms % 1000, extra);
             shared_.add_active(static_cast<size_t>(settings_.index), pool_of(c).at(c.target), -1);
         } else if (reason) {
             log_.trace("Closed %s => - (%s) %s", listeners_[c.listener].address.c_str(),

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "flags.hpp"
+#include "log.hpp"
 
 using flags::Duration;
 using flags::Options;
@@ -428,6 +429,20 @@ TEST_CASE("-syslog combines with the other flags", "[flags][syslog]") {
     CHECK(o.file == "/etc/mixctl/rules.yaml");
     CHECK_FALSE(o.verbose);
     CHECK(o.workers == 3);
+}
+
+TEST_CASE("with -syslog, errors go out at LOG_ERR, warnings at LOG_WARNING, the rest at LOG_INFO",
+          "[flags][syslog]") {
+    using mixlog::Logger;
+    CHECK(Logger::priority_of("error: rule (web): listen on 127.0.0.1:80: address already in use") == LOG_ERR);
+    CHECK(Logger::priority_of("error dialing 127.0.0.1:8081: connection refused") == LOG_ERR);
+    CHECK(Logger::priority_of("worker 1: error: poll: bad file descriptor") == LOG_ERR);
+    CHECK(Logger::priority_of("rules.yaml:7: warning: unknown key \"wieght\" ignored") == LOG_WARNING);
+    CHECK(Logger::priority_of("warning: setrlimit RLIMIT_NOFILE 4096: operation not permitted") == LOG_WARNING);
+    CHECK(Logger::priority_of("Forwarding (k3s) from: 127.0.0.1:6443 to: [127.0.0.1:16443]") == LOG_INFO);
+    CHECK(Logger::priority_of("Closed 127.0.0.1:6443 => 127.0.0.1:16443 (127.0.0.1:50412) bytes_in=1") == LOG_INFO);
+    CHECK(Logger::priority_of("") == LOG_INFO);
+    CHECK_FALSE(Logger(true, false).uses_syslog());
 }
 
 TEST_CASE("-v false leaves false as a positional argument, as Go does", "[flags][bool]") {

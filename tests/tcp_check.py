@@ -10,6 +10,8 @@
       connection) while reading the echo, half-closes, reads to EOF, and
       compares length and SHA-256 of what came back with what was sent.
       Prints one line per connection; exit 0 only if all match.
+  tcp_check.py freeport [HOST]
+      Prints a port that was free on HOST a moment ago (bound, then closed).
   tcp_check.py poke PORT [HOST]
       Connects, sends nothing and waits (at most 10 s) for the other side to
       close; exit 0 if the connect succeeded.
@@ -134,11 +136,22 @@ def poke(port, host="127.0.0.1"):
     return 0
 
 
+def freeport(host="127.0.0.1"):
+    assert host in LOOPBACK, host
+    sock = socket.socket(family(host), socket.SOCK_STREAM)
+    sock.bind((host, 0))
+    print(sock.getsockname()[1])
+    sock.close()
+    return 0
+
+
 def main(argv):
     if len(argv) >= 3 and argv[0] == "serve":
         return serve(argv[1], float(argv[2]), *argv[3:4])
     if len(argv) >= 4 and argv[0] == "client":
         return client(int(argv[1]), int(argv[2]), int(argv[3]), *argv[4:5])
+    if len(argv) >= 1 and argv[0] == "freeport":
+        return freeport(*argv[1:2])
     if len(argv) >= 2 and argv[0] == "poke":
         return poke(int(argv[1]), *argv[2:3])
     sys.stderr.write(__doc__)
