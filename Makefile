@@ -159,8 +159,15 @@ SAN_FLAGS   := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-
 # Left out under ASan: [stress] measures RSS against a 4 MiB margin (ASan's
 # quarantine and shadow memory alone exceed it) and [soak] runs a minute.
 SAN_EXCLUDE ?= ~[stress]~[soak]
-SAN_ENV     := ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:print_summary=1 \
-               UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
+# Every process (the test binary, each mixctl parent, worker and checker)
+# writes its sanitizer report to its own file under $(SAN_DIR)/reports: a
+# worker that dies of an ASan error is respawned and a test might not notice,
+# the report file is what fails the run. Workers leave with _exit() (or are
+# killed), so LeakSanitizer checks only processes that return from main().
+SAN_REPORTS := $(CURDIR)/$(SAN_DIR)/reports
+SAN_ENV     := ASAN_OPTIONS=detect_leaks=1:log_path=$(SAN_REPORTS)/asan \
+               UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1:log_path=$(SAN_REPORTS)/ubsan \
+               LSAN_OPTIONS=log_path=$(SAN_REPORTS)/lsan
 SAN_TESTS   := $(patsubst tests/%.cpp,$(SAN_DIR)/tests/%.o,$(wildcard tests/*_test.cpp))
 
 sanitize-bin:
@@ -178,6 +185,20 @@ $(SAN_DIR)/unit: $(SAN_DIR)/tests/catch_main.o $(SAN_TESTS)
 	$(SAN_CXX) $(SAN_FLAGS) -o $@ $^ -pthread
 
 sanitize: sanitize-bin $(SAN_DIR)/unit
-	$(SAN_ENV) MIXCTL=$(SAN_DIR)/mixctl $(SAN_DIR)/unit '$(SAN_EXCLUDE)' $(TEST_ARGS)
+	@rm -rf $(SAN_REPORTS) && mkdir -p $(SAN_REPORTS)
+	@rc=0; $(SAN_ENV) MIXCTL=$(SAN_DIR)/mixctl $(SAN_DIR)/unit '$(SAN_EXCLUDE)' $(TEST_ARGS) || rc=$$?; \
+	for f in $(SAN_REPORTS)/*; do \
+	    [ -f "$$f" ] || continue; rc=1; echo "==== sanitizer report $$f"; head -n 80 "$$f"; \
+	done; \
+	[ $$rc = 0 ] && echo "sanitize: no sanitizer reports"; exit $$rc
 
 .PHONY: sanitize sanitize-bin
+
+# mixctl with -O1 -g (readable valgrind stacks) into build/valgrind, then the
+# memcheck session.
+VG_DIR := build/valgrind
+valgrind:
+	@$(MAKE) --no-print-directory O=$(VG_DIR) CXXFLAGS='-O1 -g' all
+	MIXCTL=$(CURDIR)/$(VG_DIR)/mixctl tests/valgrind.sh
+
+.PHONY: valgrind

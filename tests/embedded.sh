@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # tests/embedded.sh [ARCH]: `make test-embedded`. Installs, when root, the
 # Debian packages the shell tests need (once, up front), then runs them:
-# openwrt_init.sh, install.sh, busybox.sh, systemd_unit.sh and cross.sh ARCH
+# install.sh, busybox.sh, systemd_unit.sh, openwrt_init.sh (after busybox.sh
+# built the static mixctl it runs the init script's flags through) and cross.sh ARCH
 # (default aarch64). A test that exits 77 was skipped (not root, packages
 # missing): that is reported, not failed. Ends with one line
 # "embedded: N passed, N failed, N skipped" (checks passed and failed over
@@ -35,7 +36,7 @@ passed=0
 failed=0
 skipped=0
 summary=""
-for test in openwrt_init install busybox systemd_unit "cross $ARCH"; do
+for test in install busybox systemd_unit openwrt_init "cross $ARCH"; do
     script=${test%% *}
     args=${test#"$script"}
     t0=$(date +%s)

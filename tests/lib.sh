@@ -1,4 +1,5 @@
-# tests/lib.sh - helpers for the shell tests (sourced; POSIX sh).
+# shellcheck shell=bash
+# tests/lib.sh - helpers for the shell tests (sourced by the bash scripts).
 #
 # ok/bad count checks, `finish` prints "NAME: N passed, N failed" and sets
 # the exit status; `need` installs missing Debian packages when run as root
