@@ -6,6 +6,13 @@
 // has drained. So an idle or fast connection owns no buffer at all, and a
 // slow one owns at most one buffer_size per direction.
 //
+// On Linux the bytes need not pass through user space at all: splice()
+// moves them from the source socket into a pipe and from the pipe into the
+// destination. The pipe then plays the parked buffer's part (the source is not
+// read while it holds bytes); it is taken from a small pool only while data
+// flows, so an idle connection still owns nothing. `make NO_SPLICE=1` (and
+// POSIX_ONLY) keep the portable read/write path, which CI tests as well.
+//
 // EOF from the source is passed on as shutdown(SHUT_WR) once everything
 // before it is written: half-close is relayed, never turned into a close.
 #pragma once
@@ -17,8 +24,15 @@
 #include <string>
 #include <vector>
 
+#include <fcntl.h>
 #include <sys/socket.h>
 #include <unistd.h>
+
+#include "net.hpp"
+
+#if defined(__linux__) && !defined(MIXCTL_POSIX_ONLY) && !defined(MIXCTL_NO_SPLICE)
+#define MIXCTL_SPLICE 1
+#endif
 
 namespace relay {
 
@@ -48,6 +62,46 @@ private:
     std::vector<std::unique_ptr<char[]>> free_;
 };
 
+// A pipe for splice(): both ends nonblocking. Kept in a pool by the worker
+// and lent to a direction while bytes sit in it.
+struct Pipe {
+    net::Fd read_end, write_end;
+    bool valid() const { return read_end.valid(); }
+};
+
+class PipePool {
+public:
+    // An empty Pipe when none can be made (EMFILE...): the caller falls back
+    // to read/write for that turn.
+    Pipe take() {
+        if (!free_.empty()) {
+            Pipe p = std::move(free_.back());
+            free_.pop_back();
+            return p;
+        }
+        Pipe p;
+#ifdef MIXCTL_SPLICE
+        int ends[2];
+        if (::pipe2(ends, O_NONBLOCK | O_CLOEXEC) == 0) {
+            p.read_end.reset(ends[0]);
+            p.write_end.reset(ends[1]);
+        }
+#endif
+        return p;
+    }
+    // Only empty pipes come back: a pipe with bytes in it belongs to its stream.
+    void give(Pipe pipe) {
+        if (free_.size() < keep_at_most) free_.push_back(std::move(pipe));
+    }
+    // An idle worker keeps no pipes: its descriptor count goes back to
+    // where it started.
+    void clear() { free_.clear(); }
+
+private:
+    static constexpr size_t keep_at_most = 16;
+    std::vector<Pipe> free_;
+};
+
 struct Parked {
     std::unique_ptr<char[]> data;
     uint32_t start = 0, end = 0;
@@ -58,13 +112,21 @@ class Direction {
 public:
     bool source_done() const { return eof_; }
     bool finished() const { return shut_; }   // EOF passed on: nothing more will flow this way
-    bool has_parked() const { return !parked_.empty(); }
-    bool wants_read() const { return !eof_ && parked_.empty(); }
+    bool has_parked() const { return !parked_.empty() || in_pipe_ > 0; }
+    bool wants_read() const { return !eof_ && !has_parked(); }
     uint64_t bytes() const { return bytes_; }
 
     // Source readable: move what we can. Returns 0, or the errno that should
     // abort the connection.
-    int pump(int source, int destination, char* scratch, BufferPool& pool) {
+    int pump(int source, int destination, char* scratch, BufferPool& pool, PipePool& pipes) {
+#ifdef MIXCTL_SPLICE
+        if (parked_.empty()) {
+            if (!pipe_.valid()) pipe_ = pipes.take();
+            if (pipe_.valid()) return splice_through(source, destination, pipes);
+        }
+#else
+        (void)pipes;
+#endif
         // Bounded so one fast connection cannot starve the others in a turn.
         for (int round = 0; round < 4; ++round) {
             ssize_t n = ::read(source, scratch, buffer_size);
@@ -104,7 +166,19 @@ public:
     }
 
     // Destination writable: flush the parked bytes, then pass on a pending EOF.
-    int flush(int destination, BufferPool& pool) {
+    int flush(int destination, BufferPool& pool, PipePool& pipes) {
+#ifdef MIXCTL_SPLICE
+        if (in_pipe_ > 0) {
+            if (int err = drain_pipe(destination)) return err;
+            if (in_pipe_ == 0) {
+                pipes.give(std::move(pipe_));
+                if (eof_) pass_on_eof(destination);
+            }
+            return 0;
+        }
+#else
+        (void)pipes;
+#endif
         size_t sent = 0;
         if (int err = send_all(destination, parked_.data.get() + parked_.start, parked_.end - parked_.start, sent))
             return err;
@@ -116,12 +190,62 @@ public:
         return 0;
     }
 
-    void release(BufferPool& pool) {
+    // The connection is over. A pipe still holding bytes is closed, not
+    // pooled: its bytes belong to this stream alone.
+    void release(BufferPool& pool, PipePool& pipes) {
         if (parked_.data) pool.give(std::move(parked_.data));
         parked_ = Parked();
+        if (pipe_.valid() && in_pipe_ == 0) pipes.give(std::move(pipe_));
+        pipe_ = Pipe();
+        in_pipe_ = 0;
     }
 
 private:
+#ifdef MIXCTL_SPLICE
+    static constexpr size_t splice_chunk = 64 * 1024;  // a default pipe's capacity
+
+    int splice_through(int source, int destination, PipePool& pipes) {
+        for (int round = 0; round < 4; ++round) {
+            ssize_t n = ::splice(source, nullptr, pipe_.write_end.get(), nullptr, splice_chunk,
+                                 SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+            if (n == 0) {
+                eof_ = true;
+                pipes.give(std::move(pipe_));  // empty: nothing was left in it
+                pass_on_eof(destination);
+                return 0;
+            }
+            if (n < 0) {
+                if (errno == EINTR) continue;
+                int err = errno;
+                pipes.give(std::move(pipe_));
+                return (err == EAGAIN || err == EWOULDBLOCK) ? 0 : err;
+            }
+            in_pipe_ = static_cast<size_t>(n);
+            if (int err = drain_pipe(destination)) return err;
+            if (in_pipe_ > 0) return 0;  // the destination is full: the pipe holds the rest
+            if (static_cast<size_t>(n) < splice_chunk) break;  // the source is drained for now
+        }
+        pipes.give(std::move(pipe_));
+        return 0;
+    }
+
+    int drain_pipe(int destination) {
+        while (in_pipe_ > 0) {
+            ssize_t n = ::splice(pipe_.read_end.get(), nullptr, destination, nullptr, in_pipe_,
+                                 SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+            if (n > 0) {
+                in_pipe_ -= static_cast<size_t>(n);
+                bytes_ += static_cast<uint64_t>(n);
+                continue;
+            }
+            if (n < 0 && errno == EINTR) continue;
+            if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return 0;
+            return n < 0 ? errno : EPIPE;
+        }
+        return 0;
+    }
+#endif
+
     int send_all(int destination, const char* data, size_t size, size_t& sent) {
         while (sent < size) {
             ssize_t n = ::send(destination, data + sent, size - sent, send_flags);
@@ -145,7 +269,7 @@ private:
     }
 
     void pass_on_eof(int destination) {
-        if (!parked_.empty() || shut_) return;
+        if (has_parked() || shut_) return;
         // A peer that already reset shows up as an error on its own socket;
         // nothing to report here.
         ::shutdown(destination, SHUT_WR);
@@ -153,6 +277,8 @@ private:
     }
 
     Parked parked_;
+    Pipe pipe_;
+    size_t in_pipe_ = 0;  // bytes spliced in from the source, not yet out
     bool eof_ = false;
     bool shut_ = false;
     uint64_t bytes_ = 0;

@@ -603,9 +603,9 @@ private:
 
         int err = 0;
         if ((revents & POLLERR) && !(revents & POLLIN)) err = net::pending_error(self);
-        if (!err && (revents & POLLOUT) && writing.has_parked()) err = writing.flush(self, pool_);
+        if (!err && (revents & POLLOUT) && writing.has_parked()) err = writing.flush(self, pool_, pipes_);
         if (!err && (revents & (POLLIN | POLLHUP | POLLERR)) && reading.wants_read())
-            err = reading.pump(self, other, scratch_.get(), pool_);
+            err = reading.pump(self, other, scratch_.get(), pool_, pipes_);
         if (!err && (revents & POLLERR) && !reading.wants_read() && !writing.has_parked())
             err = net::pending_error(self);
         if (count_bytes(c)) c.last_activity = now_;
@@ -667,14 +667,14 @@ private:
         for (Side side : {upstream_side, client_side}) {
             if (c.slot[side] >= 0) remove_slot(static_cast<size_t>(c.slot[side]));
         }
-        c.up.release(pool_);
-        c.down.release(pool_);
+        c.up.release(pool_, pipes_);
+        c.down.release(pool_, pipes_);
         std::vector<uint16_t> order = std::move(c.order);  // keep its capacity for the next connection
         order.clear();
         *conns_[id] = Conn();  // closes both sockets
         conns_[id]->order = std::move(order);
         free_.push_back(id);
-        --live_;
+        if (--live_ == 0) pipes_.clear();
         board_.slot(settings_.index).active.fetch_sub(1, std::memory_order_relaxed);
     }
 
@@ -703,6 +703,7 @@ private:
     mixlog::Throttle throttle_;
     bool rules_full_ = false;
     relay::BufferPool pool_;
+    relay::PipePool pipes_;
     std::unique_ptr<char[]> scratch_;
     uint64_t random_state_;
 
