@@ -120,7 +120,9 @@ public:
     // abort the connection.
     int pump(int source, int destination, char* scratch, BufferPool& pool, PipePool& pipes) {
 #ifdef MIXCTL_SPLICE
-        if (parked_.empty()) {
+        // Small exchanges are cheaper with read/write; a direction switches to
+        // splice once one read fills the whole buffer (a bulk transfer).
+        if (bulk_ && parked_.empty()) {
             if (!pipe_.valid()) pipe_ = pipes.take();
             if (pipe_.valid()) return splice_through(source, destination, pipes);
         }
@@ -138,6 +140,7 @@ public:
                     return 0;
                 }
                 if (static_cast<size_t>(n) < buffer_size) return 0;  // drained the socket
+                bulk_ = true;
                 continue;
             }
             if (n == 0) {
@@ -279,6 +282,7 @@ private:
     Parked parked_;
     Pipe pipe_;
     size_t in_pipe_ = 0;  // bytes spliced in from the source, not yet out
+    bool bulk_ = false;   // has filled a whole buffer: splice from now on
     bool eof_ = false;
     bool shut_ = false;
     uint64_t bytes_ = 0;
