@@ -40,7 +40,7 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-// ---- start-up: config → resolved routes → bound listeners -----------------
+// ---- start-up: config → resolved addresses → bound listeners --------------
 
 struct Plan {
     std::vector<net::SockAddr> metrics;                             // where GET /metrics listens
