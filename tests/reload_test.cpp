@@ -87,7 +87,9 @@ TEST_CASE("a client loop sees no refused or failed connection through 20 reloads
 TEST_CASE("a 100 MB transfer started before 20 reloads completes byte-exact", "[reload]") {
     Server up(echo);
     uint16_t port = free_port();
-    Daemon d(config_for(port, up.address()), {"-w", "2", "-v=false"});
+    // The old workers keep the transfer; a long grace makes sure a slow,
+    // busy machine can not turn this into a test of the grace period.
+    Daemon d(config_for(port, up.address()), {"-w", "2", "-v=false", "-grace", "60s"});
     REQUIRE(d.port("r") == port);
     net::Fd fd = dial(port, AF_INET, 30000ms);
     REQUIRE(fd);
