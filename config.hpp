@@ -435,7 +435,7 @@ inline bool parse_text(std::string_view text, const std::string& file, Config& o
             diag.errors.push_back(file + ":" + std::to_string(e.line < 1 ? 1 : e.line) + ": " + e.message);
         return false;
     }
-    out.rules.clear();
+    out = Config();
     return detail::Builder(file, diag).build(tree.root, out);
 }
 

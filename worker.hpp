@@ -111,6 +111,7 @@ private:
         std::vector<uint16_t> order;  // upstreams to try, as indexes into the rule's `to`
         uint32_t step = 0, address = 0, attempts = 0;
         std::string last_error;       // of the upstream being tried
+        bool only_local_errors = true;  // every failure of this upstream was ours (no ports left)
         // One timer per connection: the dial deadline while dialing, then the
         // next idle or half-close check.
         Clock::time_point timer_at{};
@@ -426,6 +427,8 @@ private:
                 return;
             }
             log_dial_error(c, net::errno_text(rc));
+            // No free local port is our shortage, not the upstream's fault.
+            if (rc != EADDRNOTAVAIL) c.only_local_errors = false;
         }
         log_.print("error: no upstream of (%s) reachable for %s: %u attempts failed", rule_of(c).name.c_str(),
                    c.client_address.text().c_str(), c.attempts);
@@ -446,7 +449,9 @@ private:
 
     // Every address of one upstream failed: that counts against its health.
     void upstream_failed(Conn& c) {
-        if (c.address == 0) return;  // had no address to try: nothing was dialed
+        bool ours = c.only_local_errors;
+        c.only_local_errors = true;  // for the next upstream
+        if (c.address == 0 || ours) return;  // nothing dialed, or only our own shortage
         upstreams::UpstreamState& state = pool_of(c).at(c.target);
         const config::Rule& rule = rule_of(c);
         state.resolve_wanted.store(1, std::memory_order_relaxed);
@@ -466,6 +471,7 @@ private:
     void dial_failed(uint32_t id, const std::string& why) {
         Conn& c = *conns_[id];
         log_dial_error(c, why);
+        c.only_local_errors = false;
         drop_dial(c, id);
         dial_next(id);
     }

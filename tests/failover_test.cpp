@@ -37,22 +37,6 @@ uint16_t closed_port() {
     return port;
 }
 
-// The fd count of a process once it stops changing (a fresh worker is still
-// setting up for a moment after fork).
-int settled_fd_count(pid_t pid) {
-    int last = fd_count(pid);
-    wait_until(
-        [&] {
-            std::this_thread::sleep_for(50ms);
-            int now = fd_count(pid);
-            bool same = now == last;
-            last = now;
-            return same;
-        },
-        2000ms);
-    return last;
-}
-
 bool alive(Daemon& d) { return !d.wait_exit(0ms).exited() && kill(d.pid(), 0) == 0; }
 
 

@@ -509,6 +509,24 @@ inline int fd_count(pid_t pid) {
     return n - 1;  // the DIR's own descriptor is not ours to count
 }
 
+// The fd count of a process once it has not changed for 300 ms: a freshly
+// forked worker is still opening and closing descriptors for a moment.
+inline int settled_fd_count(pid_t pid, Ms limit = 3000ms) {
+    int last = fd_count(pid);
+    Clock::time_point stable_since = Clock::now(), end = Clock::now() + limit;
+    while (Clock::now() < end) {
+        std::this_thread::sleep_for(20ms);
+        int now = fd_count(pid);
+        if (now != last) {
+            last = now;
+            stable_since = Clock::now();
+        } else if (Clock::now() - stable_since >= 300ms) {
+            break;
+        }
+    }
+    return last;
+}
+
 // Direct children of pid (the workers of a mixctl parent).
 inline std::vector<pid_t> children(pid_t pid) {
     std::vector<pid_t> out;

@@ -194,7 +194,7 @@ TEST_CASE("no descriptor is left behind after connections end", "[relay][leak]")
     std::vector<pid_t> workers = d.workers(1);
     REQUIRE(workers.size() == 1);
     int parent_before = fd_count(d.pid());
-    int worker_before = fd_count(workers[0]);
+    int worker_before = settled_fd_count(workers[0]);
     for (int i = 0; i < 50; ++i) {
         std::string reply;
         REQUIRE(exchange(port, "abc", reply));

@@ -223,22 +223,6 @@ void raise_own_fd_limit() {
     }
 }
 
-int settled_fd_count(pid_t pid, Ms limit = 3000ms) {
-    int last = fd_count(pid);
-    Clock::time_point stable_since = Clock::now(), end = Clock::now() + limit;
-    while (Clock::now() < end) {
-        std::this_thread::sleep_for(20ms);
-        int now = fd_count(pid);
-        if (now != last) {
-            last = now;
-            stable_since = Clock::now();
-        } else if (Clock::now() - stable_since >= 300ms) {
-            break;
-        }
-    }
-    return last;
-}
-
 // Socket inodes a process holds.
 std::set<unsigned long> socket_inodes(pid_t pid) {
     std::set<unsigned long> out;
@@ -258,8 +242,9 @@ std::set<unsigned long> socket_inodes(pid_t pid) {
     return out;
 }
 
-// TCP sockets in CLOSE_WAIT (state 08) among `inodes`, from /proc/net/tcp{,6}.
-int close_wait_among(const std::set<unsigned long>& inodes, std::string& detail) {
+// TCP sockets in `wanted` state ("08" CLOSE_WAIT, "0A" LISTEN) among
+// `inodes`, from /proc/net/tcp{,6}.
+int tcp_state_among(const std::set<unsigned long>& inodes, const std::string& wanted, std::string& detail) {
     int n = 0;
     for (const char* file : {"/proc/net/tcp", "/proc/net/tcp6"}) {
         std::ifstream in(file);
@@ -271,7 +256,7 @@ int close_wait_among(const std::set<unsigned long>& inodes, std::string& detail)
             unsigned long inode = 0;
             if (!(fields >> sl >> local >> remote >> state >> queues >> timer >> retr >> uid >> timeout >> inode))
                 continue;
-            if (state == "08" && inodes.count(inode)) {
+            if (state == wanted && inodes.count(inode)) {
                 ++n;
                 detail += "  " + local + " -> " + remote + " inode " + std::to_string(inode) + "\n";
             }
@@ -301,12 +286,52 @@ struct Soak {
     std::mutex mutex;
     std::vector<std::string> failures;      // the first few, for the report
 
-    void fail(Kind kind, const std::string& why, bool corrupt) {
+    Clock::time_point epoch = Clock::now();
+    std::chrono::system_clock::time_point wall_epoch = std::chrono::system_clock::now();
+    std::vector<std::string> events;        // kills and reloads, with times, for the report
+    std::vector<uint16_t> failed_ports;     // client ports of failed exchanges, to find in the log
+
+    long ms() const { return static_cast<long>(std::chrono::duration_cast<Ms>(Clock::now() - epoch).count()); }
+
+    void event(const std::string& what) {
+        std::lock_guard<std::mutex> lock(mutex);
+        events.push_back("t=" + std::to_string(ms()) + "ms " + what);
+    }
+
+    // "HH:MM:SS" of a moment `at_ms` after the epoch, as the daemon's log
+    // lines print it.
+    std::string wall(long at_ms) const {
+        time_t t = std::chrono::system_clock::to_time_t(wall_epoch + Ms(at_ms));
+        tm parts{};
+        localtime_r(&t, &parts);
+        char text[16];
+        strftime(text, sizeof text, "%H:%M:%S", &parts);
+        return text;
+    }
+
+    void fail(Kind kind, const std::string& why, bool corrupt, uint16_t client_port, long started_ms) {
         (corrupt ? tally[kind].corrupted : tally[kind].failed).fetch_add(1);
         std::lock_guard<std::mutex> lock(mutex);
-        if (failures.size() < 20) failures.push_back(std::string(kind_names[kind]) + (corrupt ? " CORRUPT: " : ": ") + why);
+        if (failures.size() >= 20) return;
+        long now = ms();
+        failures.push_back(std::string(kind_names[kind]) + (corrupt ? " CORRUPT: " : ": ") + why + " [client port " +
+                           std::to_string(client_port) + ", t=" + std::to_string(started_ms) + ".." +
+                           std::to_string(now) + "ms, " + wall(started_ms) + "]");
+        failed_ports.push_back(client_port);
+        failed_seconds.push_back({wall(started_ms), wall(now)});
     }
+    std::vector<std::pair<std::string, std::string>> failed_seconds;
 };
+
+// The local port of the last connection this thread dialed, for the report.
+thread_local uint16_t last_client_port = 0;
+
+net::Fd soak_dial(uint16_t port) {
+    net::Fd fd = dial(port, AF_INET, 10000ms);
+    net::SockAddr local;
+    last_client_port = fd && net::local_address(fd.get(), local) ? local.port() : 0;
+    return fd;
+}
 
 std::string describe_errno(const char* what) { return std::string(what) + ": " + strerror(errno); }
 
@@ -322,7 +347,7 @@ void hard_close(net::Fd& fd) {
 enum class Result { complete, incomplete, corrupt };
 
 Result echo_exchange(uint16_t port, const char* data, size_t size, uint64_t& moved, std::string& why) {
-    net::Fd fd = dial(port, AF_INET, 10000ms);
+    net::Fd fd = soak_dial(port);
     if (!fd) {
         why = describe_errno("connect");
         return Result::incomplete;
@@ -384,7 +409,7 @@ Result echo_exchange(uint16_t port, const char* data, size_t size, uint64_t& mov
 
 // Sends `size` bytes, half-closes, expects "<bytes> <checksum>\n" then EOF.
 Result digest_exchange(uint16_t port, const char* data, size_t size, const std::string& want, std::string& why) {
-    net::Fd fd = dial(port, AF_INET, 10000ms);
+    net::Fd fd = soak_dial(port);
     if (!fd) {
         why = describe_errno("connect");
         return Result::incomplete;
@@ -422,6 +447,8 @@ void client_loop(Soak& s, uint64_t seed) {
         Tally& t = s.tally[kind];
         t.started.fetch_add(1);
         const uint64_t kills_before = s.kills.load();
+        const long started_ms = s.ms();
+        last_client_port = 0;
         std::string why;
         Result result = Result::complete;
         size_t size = pick_size(rng);
@@ -445,7 +472,7 @@ void client_loop(Soak& s, uint64_t seed) {
             }
             case k_reset: {
                 // Part of a transfer, maybe part of the echo, then RST.
-                net::Fd fd = dial(rng() % 2 ? s.echo_port : s.digest_port, AF_INET, 10000ms);
+                net::Fd fd = soak_dial(rng() % 2 ? s.echo_port : s.digest_port);
                 if (!fd) {
                     result = Result::incomplete;
                     why = describe_errno("connect");
@@ -465,7 +492,7 @@ void client_loop(Soak& s, uint64_t seed) {
             }
             case k_abort_dial: {
                 // The daemon is dialing the black hole (200 ms) when we go.
-                net::Fd fd = dial(s.hole_port, AF_INET, 10000ms);
+                net::Fd fd = soak_dial(s.hole_port);
                 if (!fd) {
                     result = Result::incomplete;
                     why = describe_errno("connect");
@@ -480,7 +507,7 @@ void client_loop(Soak& s, uint64_t seed) {
             case k_hole: {
                 // The daemon must give up and close us: at once for a refused
                 // upstream, after -t (200 ms) for the black hole.
-                net::Fd fd = dial(kind == k_refused ? s.refused_port : s.hole_port, AF_INET, 10000ms);
+                net::Fd fd = soak_dial(kind == k_refused ? s.refused_port : s.hole_port);
                 if (!fd) {
                     result = Result::incomplete;
                     why = describe_errno("connect");
@@ -503,11 +530,11 @@ void client_loop(Soak& s, uint64_t seed) {
         if (result == Result::complete) {
             t.completed.fetch_add(1);
         } else if (result == Result::corrupt) {
-            s.fail(kind, why, true);
+            s.fail(kind, why, true, last_client_port, started_ms);
         } else if (s.kills.load() != kills_before) {
             t.excused.fetch_add(1);  // a worker was killed while this ran
         } else {
-            s.fail(kind, why + " (reloads so far: " + std::to_string(s.reloads.load()) + ")", false);
+            s.fail(kind, why, false, last_client_port, started_ms);
         }
     }
 }
@@ -540,6 +567,18 @@ void run_load(Soak& s, int threads, Ms length, uint64_t seed) {
     for (std::thread& t : clients) t.join();
 }
 
+// True when the process runs with AddressSanitizer (gcc links libasan.so;
+// clang's static runtime is recognised by the ASAN_OPTIONS the sanitize
+// target always sets).
+bool sanitized(pid_t pid) {
+    if (getenv("ASAN_OPTIONS")) return true;
+    std::ifstream maps("/proc/" + std::to_string(pid) + "/maps");
+    std::string line;
+    while (std::getline(maps, line))
+        if (line.find("libasan") != std::string::npos) return true;
+    return false;
+}
+
 long max_rss(const std::vector<pid_t>& pids) {
     long peak = 0;
     for (pid_t p : pids) peak = std::max(peak, rss_kib(p));
@@ -558,8 +597,9 @@ void run_soak() {
     const int chaos_seconds = env_seconds && atoi(env_seconds) > 0 ? atoi(env_seconds) : 36;
     const int threads = 16;
     // A worker's relay keeps at most 64 spare 32 KiB buffers (2 MiB); the
-    // parent allocates per reload and must give it back.
-    const long worker_rss_margin_kib = 2 * 1024, parent_rss_margin_kib = 1024;
+    // parent allocates per reload and must give it back. Under ASan freed
+    // memory sits in a quarantine for a while: four times the margin.
+    long worker_rss_margin_kib = 2 * 1024, parent_rss_margin_kib = 1024;
 
     SoakServer echo_up(echo), digest_up(digest);
     RefusedPort refused;
@@ -581,11 +621,16 @@ void run_soak() {
         return soak_rules(s, echo_up.address(), digest_up.address(), refused.address(), hole.address(), variant);
     };
 
-    Daemon d(rules(0), {"-w", "2", "-t", "200ms", "-v=false"});
+    // -v: one line per connection, so a failed exchange can be found in the log.
+    Daemon d(rules(0), {"-w", "2", "-t", "200ms"});
     REQUIRE(d.port("echo") == s.echo_port);
     REQUIRE(d.port("refused") == s.refused_port);
     std::vector<pid_t> first = d.workers(2);
     REQUIRE(first.size() == 2);
+    if (sanitized(d.pid())) {
+        worker_rss_margin_kib *= 4;
+        parent_rss_margin_kib *= 4;
+    }
     const int parent_fds = settled_fd_count(d.pid());
     const int worker_fds = settled_fd_count(first[0]);
     CHECK(settled_fd_count(first[1]) == worker_fds);
@@ -615,6 +660,7 @@ void run_soak() {
                 if (!kids.empty()) {
                     pid_t victim = kids[rng() % kids.size()];
                     s.kills.fetch_add(1);
+                    s.event("SIGKILL worker " + std::to_string(victim));
                     if (::kill(victim, SIGKILL) == 0) killed.push_back(victim);
                 }
             }
@@ -624,9 +670,11 @@ void run_soak() {
                 if (::rename(tmp.c_str(), d.file().c_str()) != 0) continue;
                 size_t before = d.count("reloaded ");
                 s.reloads.fetch_add(1);
+                s.event("SIGHUP (variant " + std::to_string(variant % 2) + ")");
                 d.signal(SIGHUP);
                 if (d.wait_log("reloaded ", 5000ms, before + 1)) ++reloads_done;
                 else ++reload_failures;
+                s.event("reload logged");
             }
         }
     });
@@ -659,8 +707,11 @@ void run_soak() {
         std::set<unsigned long> more = socket_inodes(w);
         inodes.insert(more.begin(), more.end());
     }
-    std::string close_wait_detail;
-    const int close_wait = close_wait_among(inodes, close_wait_detail);
+    std::string close_wait_detail, listen_detail;
+    const int close_wait = tcp_state_among(inodes, "08", close_wait_detail);
+    // The same parse must find the daemon's four listeners, or the
+    // CLOSE_WAIT count above proves nothing.
+    const int listening = tcp_state_among(inodes, "0A", listen_detail);
 
     uint64_t total = 0, completed = 0, excused = 0, failed = 0, corrupted = 0, bytes = 0;
     std::ostringstream per_kind;
@@ -676,8 +727,56 @@ void run_soak() {
                  << t.excused << " cut by a worker kill, " << t.failed << " failed, " << t.corrupted
                  << " corrupted" << (t.bytes ? ", " + std::to_string(t.bytes / 1024) + " KiB checked" : "") << "\n";
     }
+    // For each failure: what the daemon logged about that client (-v is on:
+    // one "Closed ... (127.0.0.1:PORT) ..." line per connection), and the
+    // kills and reloads around it.
     std::string failures;
-    for (const std::string& f : s.failures) failures += "  " + f + "\n";
+    if (!s.failures.empty()) {
+        for (const std::string& f : s.failures) failures += "  " + f + "\n";
+        std::string log = d.log();
+        // Client ports are reused: only lines from the seconds the exchange ran.
+        for (size_t i = 0; i < s.failed_ports.size(); ++i) {
+            if (s.failed_ports[i] == 0) continue;
+            std::string needle = "127.0.0.1:" + std::to_string(s.failed_ports[i]);
+            std::istringstream lines(log);
+            std::string line;
+            while (std::getline(lines, line))
+                if (line.find(needle) != std::string::npos &&
+                    (line.find(s.failed_seconds[i].first) != std::string::npos ||
+                     line.find(s.failed_seconds[i].second) != std::string::npos))
+                    failures += "  daemon: " + line + "\n";
+        }
+        std::string saved = "/tmp/mixctl-soak-" + std::to_string(getpid()) + ".log";
+        std::ofstream(saved) << log;
+        failures += "  the daemon's whole log: " + saved + "\n";
+        failures += "  events:\n";
+        for (const std::string& e : s.events) failures += "    " + e + "\n";
+        // Dial errors other than the expected ones (refused, black-hole
+        // timeouts), e.g. "cannot assign requested address".
+        {
+            size_t n = 0;
+            std::istringstream lines(log);
+            std::string line;
+            while (std::getline(lines, line) && n < 10)
+                if (line.find("error dialing") != std::string::npos &&
+                    line.find("connection refused") == std::string::npos &&
+                    line.find("i/o timeout") == std::string::npos) {
+                    failures += "  unexpected dial error: " + line + "\n";
+                    ++n;
+                }
+        }
+        for (const char* word : {"exited", "error:", "reload", "grace"}) {
+            size_t n = 0;
+            std::istringstream lines(log);
+            std::string line;
+            while (std::getline(lines, line) && n < 30)
+                if (line.find(word) != std::string::npos && line.find("error dialing") == std::string::npos &&
+                    line.find("no upstream of") == std::string::npos) {
+                    failures += "  log: " + line + "\n";
+                    ++n;
+                }
+        }
+    }
 
     WARN("soak figures (" << chaos_seconds << " s chaos, " << threads << " client threads):\n"
          << "  connections: " << total << " (" << completed << " completed, " << excused
@@ -688,9 +787,9 @@ void run_soak() {
          << reload_failures << " without a \"reloaded\" line\n"
          << "  fds: parent " << parent_fds << " -> " << end_parent_fds << "; fresh worker " << worker_fds
          << " -> workers at end " << join_ints(end_worker_fds) << "\n"
-         << "  RSS KiB: parent " << parent_rss << " -> " << end_parent_rss << "; workers (max) " << worker_rss
+         << "  RSS KiB" << (parent_rss_margin_kib > 1024 ? " (ASan)" : "") << ": parent " << parent_rss << " -> " << end_parent_rss << "; workers (max) " << worker_rss
          << " warmed up -> " << end_worker_rss << " at end\n"
-         << "  daemon sockets in CLOSE_WAIT: " << close_wait << "\n"
+         << "  daemon sockets in CLOSE_WAIT: " << close_wait << " (listening: " << listening << ")\n"
          << close_wait_detail << (failures.empty() ? "" : "  failures:\n" + failures));
 
     CHECK(corrupted == 0);
@@ -709,6 +808,7 @@ void run_soak() {
     CHECK(end_worker_rss <= worker_rss + worker_rss_margin_kib);
     CHECK(end_parent_rss <= parent_rss + parent_rss_margin_kib);
     CHECK(close_wait == 0);
+    CHECK(listening == 4);
 
     d.signal(SIGTERM);
     Exit e = d.wait_exit(15000ms);

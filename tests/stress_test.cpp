@@ -28,24 +28,6 @@ rlim_t raise_own_fd_limit() {
     return lim.rlim_cur;
 }
 
-// The worker's descriptor count once it has stopped changing (a worker that
-// has just been forked may still be opening its own pipes).
-int settled_fd_count(pid_t pid, Ms limit = 3000ms) {
-    int last = fd_count(pid);
-    Clock::time_point stable_since = Clock::now(), end = Clock::now() + limit;
-    while (Clock::now() < end) {
-        std::this_thread::sleep_for(20ms);
-        int now = fd_count(pid);
-        if (now != last) {
-            last = now;
-            stable_since = Clock::now();
-        } else if (Clock::now() - stable_since >= 300ms) {
-            break;
-        }
-    }
-    return last;
-}
-
 // Samples a process's RSS every few milliseconds while alive; keeps the peak.
 class RssSampler {
 public:
