@@ -197,6 +197,7 @@ void carry_state(Generation& gen, const Generation& previous) {
             const upstreams::Pool& now = gen.shared.pool(r);
             const upstreams::Pool& before = previous.shared.pool(pr);
             now.state->cursor.store(before.state->cursor.load());
+            now.state->denied.store(before.state->denied.load());
             for (size_t u = 0; u < rule.to.size(); ++u)
                 for (size_t pu = 0; pu < old_rule.to.size(); ++pu)
                     if (old_rule.to[pu].text == rule.to[u].text) upstreams::copy_history(before.at(pu), now.at(u));
@@ -517,6 +518,8 @@ private:
         int64_t now_ms = worker::to_ms(Clock::now());
         for (size_t r = 0; r < gen.shared.rules(); ++r) {
             const upstreams::Pool& pool = gen.shared.pool(r);
+            log_.print("stats clients rule=%s active=%u denied=%llu", pool.rule->name.c_str(), pool.state->active.load(),
+                       static_cast<unsigned long long>(pool.state->denied.load()));
             for (size_t u = 0; u < pool.size(); ++u) {
                 const upstreams::UpstreamState& s = pool.at(u);
                 log_.print("stats rule=%s upstream=%s state=%s active=%u total=%llu failed=%llu bytes_in=%llu "

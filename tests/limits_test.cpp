@@ -2,6 +2,7 @@
 #include <catch2/catch.hpp>
 
 #include <atomic>
+#include <csignal>
 #include <thread>
 
 #include <pwd.h>
@@ -133,6 +134,11 @@ TEST_CASE("allow and deny lists admit and refuse clients by address", "[limits]"
     CHECK_FALSE(served_from("127.0.0.3"));
     CHECK(d.wait_log("denied 127.0.0.3:"));
     CHECK(up.accepted() == 1);  // a denied client never reaches an upstream
+    // Counted; and the served connection is over once its upstream is done.
+    CHECK(wait_until([&] {
+        d.signal(SIGUSR1);
+        return d.wait_log("stats clients rule=r active=0 denied=1", 300ms);
+    }, 5000ms));
 }
 
 TEST_CASE("an allow list without the client's family refuses it", "[limits][ipv6]") {

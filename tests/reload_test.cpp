@@ -179,3 +179,18 @@ TEST_CASE("descriptor counts stay flat across reloads", "[reload]") {
     }
     CHECK(first_line(port) == "A\n");
 }
+
+TEST_CASE("what was learned about an upstream survives a reload", "[reload]") {
+    Server a(banner("A"));
+    uint16_t port = free_port();
+    Daemon d(config_for(port, a.address()), {"-w", "1", "-v=false"});
+    REQUIRE(d.port("r") == port);
+    for (int i = 0; i < 3; ++i) REQUIRE(first_line(port) == "A\n");
+    REQUIRE(reload_with(d, config_for(port, a.address(), "# unchanged rule, new file\n")));
+    CHECK(first_line(port) == "A\n");
+    // Counters of the kept upstream go on from where they were: 3 + 1.
+    CHECK(wait_until([&] {
+        d.signal(SIGUSR1);
+        return d.wait_log("stats rule=r upstream=" + a.address() + " state=up active=0 total=4 ", 300ms);
+    }, 5000ms));
+}
