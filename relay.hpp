@@ -116,9 +116,16 @@ public:
     bool wants_read() const { return !eof_ && !has_parked(); }
     uint64_t bytes() const { return bytes_; }
 
+    // The other direction has finished, so the connection is closed as soon
+    // as this one passes on its EOF: close() sends that FIN, and a
+    // shutdown() just before it would be a system call for nothing.
+    void other_way_finished() { close_follows_eof_ = true; }
+
     // Source readable: move what we can. Returns 0, or the errno that should
-    // abort the connection.
-    int pump(int source, int destination, char* scratch, BufferPool& pool, PipePool& pipes) {
+    // abort the connection. source_shut: poll() saw the source's FIN
+    // (POLLRDHUP), so a read that leaves the socket empty also reached EOF
+    // and no extra read() is needed to learn it.
+    int pump(int source, int destination, char* scratch, BufferPool& pool, PipePool& pipes, bool source_shut) {
 #ifdef MIXCTL_SPLICE
         // Small exchanges are cheaper with read/write; a direction switches to
         // splice once one read fills the whole buffer (a bulk transfer).
@@ -135,17 +142,17 @@ public:
             if (n > 0) {
                 size_t sent = 0;
                 if (int err = send_all(destination, scratch, static_cast<size_t>(n), sent)) return err;
-                if (sent < static_cast<size_t>(n)) {
-                    park(scratch + sent, static_cast<size_t>(n) - sent, pool);
+                if (sent < static_cast<size_t>(n)) park(scratch + sent, static_cast<size_t>(n) - sent, pool);
+                if (static_cast<size_t>(n) < buffer_size) {  // drained the socket
+                    if (source_shut) end_of_source(destination);
                     return 0;
                 }
-                if (static_cast<size_t>(n) < buffer_size) return 0;  // drained the socket
+                if (sent < static_cast<size_t>(n)) return 0;
                 bulk_ = true;
                 continue;
             }
             if (n == 0) {
-                eof_ = true;
-                pass_on_eof(destination);
+                end_of_source(destination);
                 return 0;
             }
             if (errno == EINTR) continue;
@@ -271,11 +278,16 @@ private:
         parked_.end = static_cast<uint32_t>(size);
     }
 
+    void end_of_source(int destination) {
+        eof_ = true;
+        pass_on_eof(destination);
+    }
+
     void pass_on_eof(int destination) {
         if (has_parked() || shut_) return;
         // A peer that already reset shows up as an error on its own socket;
         // nothing to report here.
-        ::shutdown(destination, SHUT_WR);
+        if (!close_follows_eof_) ::shutdown(destination, SHUT_WR);
         shut_ = true;
     }
 
@@ -285,6 +297,7 @@ private:
     bool bulk_ = false;   // has filled a whole buffer: splice from now on
     bool eof_ = false;
     bool shut_ = false;
+    bool close_follows_eof_ = false;
     uint64_t bytes_ = 0;
 };
 

@@ -96,6 +96,14 @@ public:
 
 private:
     static constexpr uint32_t control_owner = UINT32_MAX;
+#if defined(POLLRDHUP) && !defined(MIXCTL_POSIX_ONLY)
+    // Linux also says when the peer has sent its FIN (see Direction::pump).
+    static constexpr short readable = POLLIN | POLLRDHUP;
+    static constexpr short source_shut = POLLRDHUP;
+#else
+    static constexpr short readable = POLLIN;
+    static constexpr short source_shut = 0;
+#endif
     enum Side : uint8_t { client_side = 0, upstream_side = 1 };
 
     struct Owner {
@@ -170,9 +178,9 @@ private:
             set_events(c, client_side, 0);  // still told of POLLERR/POLLHUP: a client that gave up
             return;
         }
-        set_events(c, client_side, static_cast<short>((c.up.wants_read() ? POLLIN : 0) |
+        set_events(c, client_side, static_cast<short>((c.up.wants_read() ? readable : 0) |
                                                       (c.down.has_parked() ? POLLOUT : 0)));
-        set_events(c, upstream_side, static_cast<short>((c.down.wants_read() ? POLLIN : 0) |
+        set_events(c, upstream_side, static_cast<short>((c.down.wants_read() ? readable : 0) |
                                                         (c.up.has_parked() ? POLLOUT : 0)));
     }
 
@@ -368,7 +376,7 @@ private:
         c.listener = listener;
         c.started = c.last_activity = now_;
         c.holds_rule_slot = true;
-        net::tune_stream(c.client.get());
+        if (!net::accepted_sockets_inherit_tuning) net::tune_stream(c.client.get());
         const upstreams::Pool& pool = pool_of(c);
         auto random = [this] { return next_random(); };
         if (!upstreams::plan(pool, peer, to_ms(now_), random, c.order)) warn_fail_open(pool);
@@ -589,7 +597,7 @@ private:
             if (revents & (POLLERR | POLLHUP)) finish(owner.conn, "client went away while dialing", true);
             return;
         }
-        int err = net::pending_error(c.upstream.get());
+        int err = net::connect_error(c.upstream.get(), revents);
         if (err == 0 && (revents & POLLOUT)) {
             connected(owner.conn);
             return;
@@ -611,7 +619,7 @@ private:
         if ((revents & POLLERR) && !(revents & POLLIN)) err = net::pending_error(self);
         if (!err && (revents & POLLOUT) && writing.has_parked()) err = writing.flush(self, pool_, pipes_);
         if (!err && (revents & (POLLIN | POLLHUP | POLLERR)) && reading.wants_read())
-            err = reading.pump(self, other, scratch_.get(), pool_, pipes_);
+            err = reading.pump(self, other, scratch_.get(), pool_, pipes_, (revents & source_shut) != 0);
         if (!err && (revents & POLLERR) && !reading.wants_read() && !writing.has_parked())
             err = net::pending_error(self);
         if (count_bytes(c)) c.last_activity = now_;
@@ -624,6 +632,8 @@ private:
             return;
         }
         if ((c.up.finished() || c.down.finished()) && c.half_closed_at == Clock::time_point{}) {
+            if (c.up.finished()) c.down.other_way_finished();
+            if (c.down.finished()) c.up.other_way_finished();
             c.half_closed_at = now_;
             if (rule_of(c).policy.halfclose_timeout.count() > 0) arm_relay_timer(c, owner.conn);
         }
