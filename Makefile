@@ -31,7 +31,7 @@ CATCH    := /usr/include/catch2/catch.hpp
 TESTS    := $(patsubst %.cpp,%.o,$(wildcard tests/*_test.cpp))
 SLIM     := -ffunction-sections -fdata-sections -Wl,--gc-sections
 BIN      := $(O)/mixctl
-# 64-bit atomics on 32-bit MIPS come from libatomic (linked only where used).
+# Some toolchains put atomics in libatomic (linked only where used).
 ATOMIC   ?= -Wl,--as-needed -latomic
 # The static build optimises for size, unless CXXFLAGS is given.
 STATIC_OPT = $(if $(filter file,$(origin CXXFLAGS)),-Os,$(CXXFLAGS))

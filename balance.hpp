@@ -22,11 +22,13 @@
 
 #include <sys/mman.h>
 
+#include "shared64.hpp"
+
 namespace balance {
 
 struct WorkerSlot {
-    std::atomic<uint64_t> accepted{0};
-    std::atomic<int64_t> heartbeat_ms{0};  // CLOCK_MONOTONIC, ms
+    shared64::U64 accepted;
+    shared64::I64 heartbeat_ms;  // CLOCK_MONOTONIC, ms
     std::atomic<uint32_t> active{0};
 };
 
@@ -63,24 +65,24 @@ public:
     void restart(int worker, int64_t now_ms) {
         uint64_t lowest = UINT64_MAX;
         for (int i = 0; i < count_; ++i)
-            if (i != worker) lowest = std::min(lowest, slots_[i].accepted.load(std::memory_order_relaxed));
-        slots_[worker].accepted.store(lowest == UINT64_MAX ? 0 : lowest, std::memory_order_relaxed);
+            if (i != worker) lowest = std::min(lowest, slots_[i].accepted.load());
+        slots_[worker].accepted.store(lowest == UINT64_MAX ? 0 : lowest);
         slots_[worker].active.store(0, std::memory_order_relaxed);
-        slots_[worker].heartbeat_ms.store(now_ms, std::memory_order_relaxed);
+        slots_[worker].heartbeat_ms.store(now_ms);
     }
 
     void heartbeat(int worker, int64_t now_ms) {
-        slots_[worker].heartbeat_ms.store(now_ms, std::memory_order_relaxed);
+        slots_[worker].heartbeat_ms.store(now_ms);
     }
 
     bool may_accept(int worker, int64_t now_ms) const {
         if (count_ <= 1) return true;
-        uint64_t mine = slots_[worker].accepted.load(std::memory_order_relaxed);
+        uint64_t mine = slots_[worker].accepted.load();
         for (int i = 0; i < count_; ++i) {
             if (i == worker) continue;
             const WorkerSlot& other = slots_[i];
-            if (now_ms - other.heartbeat_ms.load(std::memory_order_relaxed) > stale_after_ms) continue;
-            if (mine > other.accepted.load(std::memory_order_relaxed) + lead) return false;
+            if (now_ms - other.heartbeat_ms.load() > stale_after_ms) continue;
+            if (mine > other.accepted.load() + lead) return false;
         }
         return true;
     }

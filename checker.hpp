@@ -166,7 +166,7 @@ private:
             ++w.ok_streak;
             w.fail_streak = 0;
             if (was == upstreams::probe_up || (was == upstreams::probe_down && w.ok_streak < hc.rise)) return;
-            state.down_until_ms.store(0, std::memory_order_relaxed);  // reachable again: forget passive marks
+            state.down_until_ms.store(0);  // reachable again: forget passive marks
             state.probe.store(upstreams::probe_up, std::memory_order_relaxed);
             if (was == upstreams::probe_down)
                 log_.print("upstream %s of (%s) is UP (%d checks)", text_of(w).c_str(), rule_of(w).name.c_str(),

@@ -5,7 +5,8 @@
 // so all workers (and a respawned one) see one picture: counters, passive
 // and active health, the round-robin cursor, and the current addresses of
 // names (rewritten by the checker process when DNS changes). Everything is
-// an atomic or behind a seqlock: no locks on the relay path.
+// an atomic or behind a seqlock: no locks on the relay path (except on CPUs
+// without 64-bit atomics: see shared64.hpp).
 #pragma once
 
 #include <algorithm>
@@ -21,6 +22,7 @@
 
 #include "config.hpp"
 #include "net.hpp"
+#include "shared64.hpp"
 
 namespace upstreams {
 
@@ -31,14 +33,14 @@ enum Probe : uint32_t { probe_unknown = 0, probe_up = 1, probe_down = 2 };
 struct UpstreamState {
     // Counters, as served by SIGUSR1 stats.
     std::atomic<uint32_t> active{0};
-    std::atomic<uint64_t> total{0};      // connections established
-    std::atomic<uint64_t> failed{0};     // connect attempts that failed
-    std::atomic<uint64_t> bytes_in{0};   // client -> upstream
-    std::atomic<uint64_t> bytes_out{0};  // upstream -> client
+    shared64::U64 total;      // connections established
+    shared64::U64 failed;     // connect attempts that failed
+    shared64::U64 bytes_in;   // client -> upstream
+    shared64::U64 bytes_out;  // upstream -> client
     // Passive health: max_fails failures within fail_timeout -> down until.
-    std::atomic<int64_t> window_start_ms{0};
+    shared64::I64 window_start_ms;
     std::atomic<uint32_t> window_fails{0};
-    std::atomic<int64_t> down_until_ms{0};
+    shared64::I64 down_until_ms;
     // Active health, written by the checker.
     std::atomic<uint32_t> probe{probe_unknown};
     // A worker saw a connect fail: the checker re-resolves the name soon.
@@ -51,9 +53,9 @@ struct UpstreamState {
 };
 
 struct RuleState {
-    std::atomic<uint64_t> cursor{0};  // round-robin, shared by all workers
+    shared64::U64 cursor;             // round-robin, shared by all workers
     std::atomic<uint32_t> active{0};  // connections of this rule, all workers (max_conns)
-    std::atomic<uint64_t> denied{0};  // clients refused by allow/deny
+    shared64::U64 denied;             // clients refused by allow/deny
     uint32_t column = 0;              // in the per-worker rows
 };
 
@@ -186,7 +188,7 @@ inline std::vector<net::SockAddr> addresses_of(const UpstreamState& s) {
 // ---- health -------------------------------------------------------------
 
 inline bool passive_down(const UpstreamState& s, int64_t now_ms) {
-    return now_ms < s.down_until_ms.load(std::memory_order_relaxed);
+    return now_ms < s.down_until_ms.load();
 }
 
 inline bool is_up(const UpstreamState& s, int64_t now_ms) {
@@ -196,16 +198,16 @@ inline bool is_up(const UpstreamState& s, int64_t now_ms) {
 // Counts a failed connect. Returns true for the one caller that turned the
 // upstream down, so the transition is logged once across all workers.
 inline bool record_failure(UpstreamState& s, const config::Policy& policy, int64_t now_ms) {
-    s.failed.fetch_add(1, std::memory_order_relaxed);
+    s.failed.fetch_add(1);
     const int64_t window = std::chrono::duration_cast<std::chrono::milliseconds>(policy.fail_timeout).count();
-    int64_t start = s.window_start_ms.load(std::memory_order_relaxed);
-    if (now_ms - start >= window && s.window_start_ms.compare_exchange_strong(start, now_ms))
+    int64_t start = s.window_start_ms.load();
+    if (now_ms - start >= window && s.window_start_ms.compare_exchange(start, now_ms))
         s.window_fails.store(0, std::memory_order_relaxed);
     uint32_t fails = s.window_fails.fetch_add(1, std::memory_order_relaxed) + 1;
     if (fails < static_cast<uint32_t>(policy.max_fails)) return false;
-    int64_t until = s.down_until_ms.load(std::memory_order_relaxed);
+    int64_t until = s.down_until_ms.load();
     if (until > now_ms) return false;
-    if (!s.down_until_ms.compare_exchange_strong(until, now_ms + window)) return false;
+    if (!s.down_until_ms.compare_exchange(until, now_ms + window)) return false;
     s.window_fails.store(0, std::memory_order_relaxed);
     return true;
 }
@@ -223,7 +225,7 @@ inline void copy_history(const UpstreamState& from, UpstreamState& to) {
 }
 
 inline void record_success(UpstreamState& s) {
-    s.total.fetch_add(1, std::memory_order_relaxed);
+    s.total.fetch_add(1);
     if (s.window_fails.load(std::memory_order_relaxed) != 0) s.window_fails.store(0, std::memory_order_relaxed);
 }
 
@@ -267,7 +269,7 @@ size_t pick(const Pool& pool, const std::vector<uint16_t>& group, const net::Soc
         case config::Strategy::round_robin: {
             uint64_t ticket = rule.policy.strategy == config::Strategy::random
                                   ? random() % total
-                                  : pool.state->cursor.fetch_add(1, std::memory_order_relaxed) % total;
+                                  : pool.state->cursor.fetch_add(1) % total;
             for (size_t k = 0; k < group.size(); ++k) {
                 if (ticket < weight(k)) return k;
                 ticket -= weight(k);

@@ -300,7 +300,7 @@ private:
                 log_.print("accept %s: %s", listeners_[index].address.c_str(), net::errno_text(err).c_str());
                 return;
             }
-            board_.slot(settings_.index).accepted.fetch_add(1, std::memory_order_relaxed);
+            board_.slot(settings_.index).accepted.fetch_add(1);
             if (!admitted(rule, peer, index)) {
                 release_rule_slot(rule);
                 continue;  // closed as `client` goes out of scope
@@ -318,7 +318,7 @@ private:
         for (const net::Cidr& c : policy.allow) ok = ok || net::cidr_contains(c, peer);
         for (const net::Cidr& c : policy.deny) ok = ok && !net::cidr_contains(c, peer);
         if (ok) return true;
-        shared_.pool(rule).state->denied.fetch_add(1, std::memory_order_relaxed);
+        shared_.pool(rule).state->denied.fetch_add(1);
         std::string more;
         if (throttle_.allow("denied " + shared_.pool(rule).rule->name, now_, more))
             log_.print("denied %s on %s (%s)%s", peer.text().c_str(), listeners_[listener].address.c_str(),
@@ -507,6 +507,10 @@ private:
             }
         }
         update_events(c);
+        // Most clients speak first (HTTP, TLS) and have done so while we
+        // dialed: relay that now instead of one poll() later. A client that
+        // waits for the server costs one read() that finds nothing.
+        if (c.up.wants_read()) on_relay_event(Owner{id, client_side}, POLLIN);
     }
 
     Clock::duration dial_timeout(const Conn& c) const {
@@ -645,11 +649,11 @@ private:
         upstreams::UpstreamState& state = pool_of(c).at(c.target);
         bool moved = c.up.bytes() != c.counted_in || c.down.bytes() != c.counted_out;
         if (c.up.bytes() != c.counted_in) {
-            state.bytes_in.fetch_add(c.up.bytes() - c.counted_in, std::memory_order_relaxed);
+            state.bytes_in.fetch_add(c.up.bytes() - c.counted_in);
             c.counted_in = c.up.bytes();
         }
         if (c.down.bytes() != c.counted_out) {
-            state.bytes_out.fetch_add(c.down.bytes() - c.counted_out, std::memory_order_relaxed);
+            state.bytes_out.fetch_add(c.down.bytes() - c.counted_out);
             c.counted_out = c.down.bytes();
         }
         return moved;

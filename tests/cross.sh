@@ -57,7 +57,7 @@ if [ ! -f "$BUILD/catch_main.o" ] || [ "$T_ROOT/tests/catch_main.cpp" -nt "$BUIL
     echo "compiling the Catch2 main for $ARCH (once; kept in $BUILD)"
     compile "$T_ROOT/tests/catch_main.cpp" "$BUILD/catch_main.o" -std=c++17 -O0
 fi
-for name in yaml_lite config flags net; do
+for name in yaml_lite config flags net shared64; do
     src="$T_ROOT/tests/${name}_test.cpp"
     [ -f "$src" ] || continue
     # shellcheck disable=SC2086

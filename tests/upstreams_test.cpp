@@ -192,7 +192,7 @@ TEST_CASE("plan skips upstreams marked down by probes or by passive health, and 
     CHECK(as_set(order) == std::multiset<uint16_t>{1, 2});
 
     f.at(0).probe = upstreams::probe_unknown;
-    f.at(2).down_until_ms = T + 500;
+    f.at(2).down_until_ms.store(T + 500);
     CHECK(upstreams::passive_down(f.at(2), T));
     CHECK(upstreams::passive_down(f.at(2), T + 499));
     CHECK_FALSE(upstreams::passive_down(f.at(2), T + 500));
@@ -219,7 +219,7 @@ TEST_CASE("backups serve only when every primary is down, and then only the back
         CHECK(as_set({order[1], order[2]}) == std::multiset<uint16_t>{1, 3});
     }
     // Both primaries down: only backups, and that is not fail-open.
-    f.at(2).down_until_ms = T + 10000;
+    f.at(2).down_until_ms.store(T + 10000);
     std::map<uint16_t, int> firsts;
     for (int i = 0; i < 10; ++i) {
         REQUIRE(upstreams::plan(f.pool(), client(i), T, rng, order));
@@ -234,7 +234,7 @@ TEST_CASE("backups serve only when every primary is down, and then only the back
     CHECK(order == std::vector<uint16_t>{1});
     // Backups all down, primaries up: primaries only.
     f.at(0).probe = upstreams::probe_up;
-    f.at(2).down_until_ms = 0;
+    f.at(2).down_until_ms.store(0);
     f.at(1).probe = upstreams::probe_down;
     REQUIRE(upstreams::plan(f.pool(), client(0), T, rng, order));
     CHECK(as_set(order) == std::multiset<uint16_t>{0, 2});
@@ -246,7 +246,7 @@ TEST_CASE("all upstreams down: plan fails open with every upstream and says so",
     Rng rng;
     std::vector<uint16_t> order;
     f.at(0).probe = upstreams::probe_down;
-    f.at(1).down_until_ms = T + 1;
+    f.at(1).down_until_ms.store(T + 1);
     f.at(2).probe = upstreams::probe_down;
     std::set<uint16_t> firsts;
     for (int i = 0; i < 100; ++i) {
