@@ -121,6 +121,38 @@ TEST_CASE("listen, nonblocking dial and accept work on loopback", "[net]") {
     net::Fd accepted = net::accept_client(listener.get(), peer);
     REQUIRE(accepted);
     CHECK(peer.text().rfind("127.0.0.1:", 0) == 0);
+    CHECK(net::connect_error(client.get(), POLLOUT) == 0);
+}
+
+// The worker skips tuning accepted sockets where they inherit it.
+TEST_CASE("accepted and dialed sockets have TCP_NODELAY and SO_KEEPALIVE", "[net]") {
+    net::HostPort hp{"127.0.0.1", 0};
+    std::vector<net::SockAddr> addrs;
+    std::string error;
+    REQUIRE(net::resolve(hp, true, addrs, error));
+    net::Fd listener = net::listen_on(addrs[0], 16, error);
+    REQUIRE(listener);
+    net::SockAddr bound;
+    REQUIRE(net::local_address(listener.get(), bound));
+    net::Fd client;
+    int rc = net::dial_start(bound, client);
+    REQUIRE((rc == 0 || rc == EINPROGRESS));
+    pollfd l{listener.get(), POLLIN, 0};
+    REQUIRE(::poll(&l, 1, 5000) == 1);
+    net::SockAddr peer;
+    net::Fd accepted = net::accept_client(listener.get(), peer);
+    REQUIRE(accepted);
+    if (!net::accepted_sockets_inherit_tuning) net::tune_stream(accepted.get());
+    auto option = [](int fd, int level, int name) {
+        int value = 0;
+        socklen_t size = sizeof value;
+        REQUIRE(getsockopt(fd, level, name, &value, &size) == 0);
+        return value != 0;
+    };
+    for (int fd : {accepted.get(), client.get()}) {
+        CHECK(option(fd, IPPROTO_TCP, TCP_NODELAY));
+        CHECK(option(fd, SOL_SOCKET, SO_KEEPALIVE));
+    }
 }
 
 TEST_CASE("dialing a closed port reports connection refused", "[net]") {
