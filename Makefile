@@ -9,6 +9,8 @@
 #   make bench           bench/run.py: mixctl against HAProxy, nginx stream and no proxy (~4 min)
 #   make bench-poll      bench/poll_scale.py: mixctl's poll() against HAProxy's epoll, CPU per
 #                        request with 10 to 10,000 idle connections (~2 min; BENCH_POLL_ARGS=-h)
+#   make bench-poll BENCH_POLL_ARGS="--workers 1,2,4,8 --wide 2"    the same at 10,000 idle
+#                        connections with mixctl -w 1..8 on CPU 0, and -w 2 on CPUs 0,1 (~2.5 min)
 # CXX, CXXFLAGS, LDFLAGS, PREFIX, DESTDIR and O (output folder, default .) are
 # honoured. $(O)/.mixctl.flags records how $(O)/mixctl was built, so switching
 # between `make` and `make static`, or changing CXX or the flags, rebuilds it.
