@@ -6,6 +6,11 @@
 #   make test-embedded   BusyBox chroot, OpenWrt init, systemd unit, install, aarch64 under qemu
 #   make test-cross ARCH=aarch64|arm|mipsel     make test-busybox
 #   make install PREFIX=/usr DESTDIR=pkg
+#   make bench           bench/run.py: mixctl against HAProxy, nginx stream and no proxy (~4 min)
+#   make bench-poll      bench/poll_scale.py: mixctl's poll() against HAProxy's epoll, CPU per
+#                        request with 10 to 10,000 idle connections (~2 min; BENCH_POLL_ARGS=-h)
+#   make bench-poll BENCH_POLL_ARGS="--workers 1,2,4,8 --wide 2"    the same at 10,000 idle
+#                        connections with mixctl -w 1..8 on CPU 0, and -w 2 on CPUs 0,1 (~2.5 min)
 # CXX, CXXFLAGS, LDFLAGS, PREFIX, DESTDIR and O (output folder, default .) are
 # honoured. $(O)/.mixctl.flags records how $(O)/mixctl was built, so switching
 # between `make` and `make static`, or changing CXX or the flags, rebuilds it.
@@ -105,13 +110,16 @@ test-systemd:
 bench: mixctl
 	python3 bench/run.py $(BENCH_ARGS)
 
+bench-poll: mixctl
+	python3 bench/poll_scale.py $(BENCH_POLL_ARGS)
+
 clean:
 	rm -f $(BIN) $(O)/.mixctl.flags tests/unit tests/*.o
 	rm -rf build
 
 FORCE:
 
-.PHONY: all static test install clean bench FORCE test-embedded test-cross test-busybox test-openwrt \
+.PHONY: all static test install clean bench bench-poll FORCE test-embedded test-cross test-busybox test-openwrt \
 	test-install test-systemd
 
 # ---- fuzzing, sanitizers, valgrind (issue 5: "Proof") ----------------------
