@@ -11,6 +11,13 @@
 // stops publishing its heartbeat and drops out of the comparison after
 // `stale_after`, so it can never strand connections in the backlog.
 //
+// Those timed wakeups are not free: each one makes poll() look at every
+// descriptor the worker holds (~0.3-1 us each; 10,000 idle connections made
+// a held-back worker waking every 5 ms burn a whole CPU). So a worker paces
+// them by its size - at most one wakeup per 50 us of descriptors, about 1 %
+// of a CPU - and publishes its heartbeat interval, which the others use to
+// judge when it is stale.
+//
 // The board lives in MAP_SHARED memory that the parent maps before forking.
 #pragma once
 
@@ -30,13 +37,14 @@ struct WorkerSlot {
     shared64::U64 accepted;
     shared64::I64 heartbeat_ms;  // CLOCK_MONOTONIC, ms
     std::atomic<uint32_t> active{0};
+    std::atomic<uint32_t> heartbeat_every_ms{0};  // as promised by the worker
 };
 
 class Board {
 public:
     static constexpr uint64_t lead = 32;
     static constexpr int recheck_every_ms = 5;
-    static constexpr int64_t stale_after_ms = 1000;
+    static constexpr int64_t stale_after_ms = 1000;  // or 4 heartbeat intervals, if longer
     // A worker must publish a heartbeat at least this often to count as live.
     static constexpr int heartbeat_every_ms = 250;
 
@@ -69,10 +77,18 @@ public:
         slots_[worker].accepted.store(lowest == UINT64_MAX ? 0 : lowest);
         slots_[worker].active.store(0, std::memory_order_relaxed);
         slots_[worker].heartbeat_ms.store(now_ms);
+        slots_[worker].heartbeat_every_ms.store(heartbeat_every_ms, std::memory_order_relaxed);
     }
 
-    void heartbeat(int worker, int64_t now_ms) {
+    // A timed wakeup every `every_ms`, unless the worker holds so many
+    // descriptors that one poll() over them costs more than that allows.
+    static int paced(int every_ms, size_t descriptors) {
+        return std::max(every_ms, static_cast<int>(std::min<size_t>(descriptors / 20, 60000)));
+    }
+
+    void heartbeat(int worker, int64_t now_ms, int every_ms) {
         slots_[worker].heartbeat_ms.store(now_ms);
+        slots_[worker].heartbeat_every_ms.store(static_cast<uint32_t>(every_ms), std::memory_order_relaxed);
     }
 
     bool may_accept(int worker, int64_t now_ms) const {
@@ -81,7 +97,8 @@ public:
         for (int i = 0; i < count_; ++i) {
             if (i == worker) continue;
             const WorkerSlot& other = slots_[i];
-            if (now_ms - other.heartbeat_ms.load() > stale_after_ms) continue;
+            int64_t stale_after = std::max<int64_t>(stale_after_ms, 4 * int64_t{other.heartbeat_every_ms.load(std::memory_order_relaxed)});
+            if (now_ms - other.heartbeat_ms.load() > stale_after) continue;
             if (mine > other.accepted.load() + lead) return false;
         }
         return true;

@@ -409,3 +409,52 @@ TEST_CASE("500 clients resetting at once leave the daemon serving and no descrip
     INFO(d.log());
     CHECK(d.count("exited") == 0);
 }
+
+namespace {
+
+long wakeups(pid_t pid) {  // context switches the process asked for: each blocking poll() that returned
+    net::Fd fd(::open(("/proc/" + std::to_string(pid) + "/status").c_str(), O_RDONLY | O_CLOEXEC));
+    std::string text = fd ? drain_fd(fd.get()) : "";
+    size_t at = text.find("voluntary_ctxt_switches:");
+    return at == std::string::npos ? -1 : std::stol(text.substr(at + 24));
+}
+
+}  // namespace
+
+TEST_CASE("a worker held back by the balance with 1,000 idle connections does not spin on its timer", "[stress]") {
+    // One worker is stopped while 1,000 clients connect, so the other takes
+    // them all (the stopped one goes stale after a second). Resumed, the
+    // stopped worker looks alive again and the busy one is far ahead: held
+    // back, it rechecks the board on a timer, and each wakeup makes poll()
+    // look at its 2,000 sockets. Paced, that is a few wakeups a second, not
+    // one every 5 ms.
+    const int n = 1000;
+    REQUIRE(raise_own_fd_limit() >= static_cast<rlim_t>(2 * n + 200));
+    PollEcho up;
+    REQUIRE(up.ok());
+    Daemon d(one_rule(up.address()), {"-w", "2", "-v=false"});
+    uint16_t port = d.port("r");
+    REQUIRE(port != 0);
+    std::vector<pid_t> workers = d.workers(2);
+    REQUIRE(workers.size() == 2);
+    REQUIRE(::kill(workers[1], SIGSTOP) == 0);
+    std::vector<net::Fd> clients;
+    for (int i = 0; i < n; ++i) {
+        clients.push_back(dial(port, AF_INET, 10000ms));
+        REQUIRE(clients.back());
+    }
+    REQUIRE(wait_until([&] { return up.active() == n; }, 20000ms));
+    REQUIRE(::kill(workers[1], SIGCONT) == 0);
+    std::this_thread::sleep_for(500ms);
+    long before = wakeups(workers[0]);
+    std::this_thread::sleep_for(3000ms);
+    long woke = wakeups(workers[0]) - before;
+    INFO("the busy worker woke " << woke << " times in 3 s");
+    CHECK(before >= 0);
+    CHECK(woke <= 60);
+    // Still serves: a held-back worker only stops accepting.
+    const std::string ping = "still here";
+    REQUIRE(send_all(clients[0].get(), ping));
+    std::string echoed;
+    CHECK((read_exact(clients[0].get(), echoed, ping.size()) && echoed == ping));
+}
