@@ -496,8 +496,9 @@ private:
         upstreams::record_success(state);
         shared_.add_active(static_cast<size_t>(settings_.index), state, 1);
         arm_relay_timer(c, id);
-        log_.trace("Connected %s => %s (%s)", listeners_[c.listener].address.c_str(), target_text(c).c_str(),
-                   c.client_address.text().c_str());
+        if (log_.verbose())  // the arguments cost a clock read, a printf and a malloc
+            log_.trace("Connected %s => %s (%s)", listeners_[c.listener].address.c_str(), target_text(c).c_str(),
+                       c.client_address.text().c_str());
         if (rule_of(c).policy.proxy != proxy_protocol::Version::off) {
             // Sent at once, not with the first client byte: with SSH the
             // server speaks first and the client would wait forever.
@@ -662,13 +663,7 @@ private:
         return moved;
     }
 
-    // The one way a connection ends: logs exactly one line, frees both
-    // sockets. abort: send RST, so an error on one side stays an error on
-    // the other instead of looking like a clean end.
-    void finish(uint32_t id, const char* reason, bool abort) {
-        Conn& c = *conns_[id];
-        unschedule(c, id);
-        if (c.holds_rule_slot) release_rule_slot(listeners_[c.listener].rule);
+    void log_closed(const Conn& c, const char* reason) const {
         if (c.connected) {
             // Whole milliseconds, printed without floating point (which would
             // pull printf's float code into a static binary).
@@ -678,11 +673,21 @@ private:
             log_.trace("Closed %s => %s (%s) bytes_in=%" PRIu64 " bytes_out=%" PRIu64 " duration=%lld.%03llds%s",
                        listeners_[c.listener].address.c_str(), target_text(c).c_str(),
                        c.client_address.text().c_str(), c.up.bytes(), c.down.bytes(), ms / 1000, ms % 1000, extra);
-            shared_.add_active(static_cast<size_t>(settings_.index), pool_of(c).at(c.target), -1);
         } else if (reason) {
             log_.trace("Closed %s => - (%s) %s", listeners_[c.listener].address.c_str(),
                        c.client_address.text().c_str(), reason);
         }
+    }
+
+    // The one way a connection ends: logs exactly one line, frees both
+    // sockets. abort: send RST, so an error on one side stays an error on
+    // the other instead of looking like a clean end.
+    void finish(uint32_t id, const char* reason, bool abort) {
+        Conn& c = *conns_[id];
+        unschedule(c, id);
+        if (c.holds_rule_slot) release_rule_slot(listeners_[c.listener].rule);
+        if (log_.verbose()) log_closed(c, reason);
+        if (c.connected) shared_.add_active(static_cast<size_t>(settings_.index), pool_of(c).at(c.target), -1);
         if (abort) {
             if (c.client) net::set_abortive_close(c.client.get());
             if (c.upstream) net::set_abortive_close(c.upstream.get());
