@@ -45,7 +45,7 @@ compile() { # compile SRC OBJ FLAGS...: in the background, when OBJ is stale
     src=$1
     obj=$2
     shift 2
-    if [ -f "$obj" ] && [ -z "$(find "$src" "$T_ROOT"/*.hpp -newer "$obj" 2>/dev/null | head -n 1)" ]; then
+    if [ -f "$obj" ] && [ -z "$(find "$src" "$T_ROOT"/*.hpp "$T_ROOT"/tests/*.hpp -newer "$obj" 2>/dev/null | head -n 1)" ]; then
         return 0
     fi
     rm -f "$obj"
