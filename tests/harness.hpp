@@ -24,6 +24,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/types.h>
@@ -51,6 +52,11 @@ inline bool wait_until(const std::function<bool()>& done, Ms limit = 5000ms) {
         if (Clock::now() >= end) return false;
         std::this_thread::sleep_for(5ms);
     }
+}
+
+// Milliseconds since `since`.
+inline long elapsed_ms(Clock::time_point since) {
+    return static_cast<long>(std::chrono::duration_cast<Ms>(Clock::now() - since).count());
 }
 
 // ---- data with checksums ----------------------------------------------------
@@ -203,6 +209,27 @@ inline bool closed_by_peer(int fd, Ms limit = 5000ms) {
     char c;
     ssize_t n = ::recv(fd, &c, 1, MSG_DONTWAIT);
     return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK);
+}
+
+// One whole exchange through the daemon: sends `request`, half-closes, reads
+// the reply to EOF.
+inline bool exchange(uint16_t port, const std::string& request, std::string& reply, int family = AF_INET,
+                     Ms limit = 5000ms) {
+    net::Fd fd = dial(port, family, limit);
+    if (!fd || !send_all(fd.get(), request)) return false;
+    ::shutdown(fd.get(), SHUT_WR);
+    return read_to_eof(fd.get(), reply);
+}
+
+// A loopback port that was free a moment ago (bound to port 0, then
+// released), for a listener that must have a known number.
+inline uint16_t free_port(int family = AF_INET) {
+    net::Fd fd(::socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    net::SockAddr at = loopback(0, family);
+    if (!fd || ::bind(fd.get(), at.get(), at.length) < 0) return 0;
+    net::SockAddr bound;
+    net::local_address(fd.get(), bound);
+    return bound.port();
 }
 
 // ---- upstream servers ----------------------------------------------------------
@@ -409,6 +436,35 @@ private:
     std::vector<uint16_t> filler_ports_;
 };
 
+// A port that had a listener a moment ago and has none now: connects to it
+// are refused (until someone else binds it).
+inline uint16_t closed_port() {
+    Server gone(echo);
+    uint16_t port = gone.port();
+    gone.stop();
+    return port;
+}
+
+// A loopback port that refuses: bound (so nobody else takes it) but not
+// listening, so a SYN is answered with RST. A test may listen on fd() later.
+class RefusedPort {
+public:
+    RefusedPort() : fd_(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)) {
+        net::SockAddr at = loopback(0);
+        if (!fd_ || ::bind(fd_.get(), at.get(), at.length) < 0) return;
+        net::SockAddr bound;
+        net::local_address(fd_.get(), bound);
+        port_ = bound.port();
+    }
+    uint16_t port() const { return port_; }
+    int fd() const { return fd_.get(); }
+    std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
+
+private:
+    net::Fd fd_;
+    uint16_t port_ = 0;
+};
+
 // ---- the daemon ----------------------------------------------------------------
 
 class TempDir {
@@ -496,6 +552,19 @@ inline RunResult run(const std::vector<std::string>& args, Ms limit = 10000ms) {
     result.out = drain_fd(o.get());
     result.err = drain_fd(e.get());
     return result;
+}
+
+// Raises this process's soft descriptor limit to its hard limit; returns the
+// soft limit now in force (0 if it cannot be read).
+inline rlim_t raise_own_fd_limit() {
+    rlimit lim{};
+    if (getrlimit(RLIMIT_NOFILE, &lim) != 0) return 0;
+    if (lim.rlim_cur < lim.rlim_max) {
+        lim.rlim_cur = lim.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &lim);
+        getrlimit(RLIMIT_NOFILE, &lim);
+    }
+    return lim.rlim_cur;
 }
 
 inline int fd_count(pid_t pid) {
@@ -681,6 +750,9 @@ private:
     std::string log_;
 };
 
+// The daemon's parent is still running.
+inline bool alive(Daemon& d) { return !d.wait_exit(0ms).exited() && kill(d.pid(), 0) == 0; }
+
 // One rule, in the Go tool's block style.
 inline std::string rule_yaml(const std::string& name, const std::string& from,
                              const std::vector<std::string>& to) {
@@ -693,6 +765,16 @@ inline std::string rules_yaml(const std::vector<std::string>& rules) {
     std::string text = "version: 0.1\nrules:\n";
     for (const std::string& r : rules) text += r;
     return text;
+}
+
+// A rules file with one rule "r" from `from` (an ephemeral loopback port by
+// default) to the upstreams `to`.
+inline std::string one_rule(const std::vector<std::string>& to, const std::string& from = "127.0.0.1:0") {
+    return rules_yaml({rule_yaml("r", from, to)});
+}
+
+inline std::string one_rule(const Server& up, const std::string& from = "127.0.0.1:0") {
+    return one_rule({up.address()}, from);
 }
 
 }  // namespace harness
