@@ -59,6 +59,25 @@ inline long elapsed_ms(Clock::time_point since) {
     return static_cast<long>(std::chrono::duration_cast<Ms>(Clock::now() - since).count());
 }
 
+// ---- text -------------------------------------------------------------------------
+
+// The lines of `text`, without their '\n'; a last line without one counts.
+inline std::vector<std::string> lines_of(const std::string& text) {
+    std::vector<std::string> lines;
+    size_t at = 0;
+    while (at < text.size()) {
+        size_t end = text.find('\n', at);
+        if (end == std::string::npos) end = text.size();
+        lines.push_back(text.substr(at, end - at));
+        at = end + 1;
+    }
+    return lines;
+}
+
+inline bool starts_with(const std::string& text, const std::string& prefix) {
+    return text.compare(0, prefix.size(), prefix) == 0;
+}
+
 // ---- data with checksums ----------------------------------------------------
 
 inline std::string pattern(size_t size, uint64_t seed) {
@@ -334,23 +353,27 @@ inline void echo(int fd) {
     ::shutdown(fd, SHUT_WR);
 }
 
-// Reads to EOF, then answers "<bytes> <checksum>\n": the reply only exists
-// if the request's end (a half-close) got through.
-inline void digest(int fd) {
-    Checksum sum;
-    if (!read_to_eof(fd, sum)) return;
+// "<bytes> <checksum>\n" of what `sum` has seen: the digest server's reply.
+inline std::string digest_line(const Checksum& sum) {
     char line[64];
-    int n = snprintf(line, sizeof line, "%llu %016llx\n", static_cast<unsigned long long>(sum.bytes()),
-                     static_cast<unsigned long long>(sum.value()));
-    send_all(fd, line, static_cast<size_t>(n));
-    ::shutdown(fd, SHUT_WR);
+    snprintf(line, sizeof line, "%llu %016llx\n", static_cast<unsigned long long>(sum.bytes()),
+             static_cast<unsigned long long>(sum.value()));
+    return line;
 }
 
 inline std::string digest_line(const std::string& data) {
-    char line[64];
-    snprintf(line, sizeof line, "%llu %016llx\n", static_cast<unsigned long long>(data.size()),
-             static_cast<unsigned long long>(checksum(data)));
-    return line;
+    Checksum sum;
+    sum.add(data.data(), data.size());
+    return digest_line(sum);
+}
+
+// Reads to EOF, then answers digest_line(): the reply only exists if the
+// request's end (a half-close) got through.
+inline void digest(int fd) {
+    Checksum sum;
+    if (!read_to_eof(fd, sum)) return;
+    send_all(fd, digest_line(sum));
+    ::shutdown(fd, SHUT_WR);
 }
 
 // Says its name first (server-speaks-first, like SSH), then echoes.
@@ -523,6 +546,17 @@ inline std::string drain_fd(int fd) {
     return text;
 }
 
+// In a forked child: becomes mixctl with `args`; exit 127 if it cannot.
+[[noreturn]] inline void exec_mixctl(const std::vector<std::string>& args) {
+    std::vector<std::string> all{mixctl_path()};
+    all.insert(all.end(), args.begin(), args.end());
+    std::vector<char*> argv;
+    for (std::string& a : all) argv.push_back(&a[0]);
+    argv.push_back(nullptr);
+    execv(argv[0], argv.data());
+    _exit(127);
+}
+
 inline RunResult run(const std::vector<std::string>& args, Ms limit = 10000ms) {
     RunResult result;
     TempDir dir;
@@ -533,13 +567,7 @@ inline RunResult run(const std::vector<std::string>& args, Ms limit = 10000ms) {
         int err = ::open(err_file.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
         dup2(out, 1);
         dup2(err, 2);
-        std::vector<std::string> all{mixctl_path()};
-        all.insert(all.end(), args.begin(), args.end());
-        std::vector<char*> argv;
-        for (std::string& a : all) argv.push_back(&a[0]);
-        argv.push_back(nullptr);
-        execv(argv[0], argv.data());
-        _exit(127);
+        exec_mixctl(args);
     }
     int status = 0;
     bool done = wait_until([&] { return waitpid(pid, &status, WNOHANG) == pid; }, limit);
@@ -656,13 +684,8 @@ public:
             dup2(pipe_ends[1], 2);
             dup2(pipe_ends[1], 1);
             if (in_child) in_child();
-            std::vector<std::string> all{mixctl_path(), "-f", file_};
-            all.insert(all.end(), args.begin(), args.end());
-            std::vector<char*> argv;
-            for (std::string& a : all) argv.push_back(&a[0]);
-            argv.push_back(nullptr);
-            execv(argv[0], argv.data());
-            _exit(127);
+            args.insert(args.begin(), {"-f", file_});
+            exec_mixctl(args);
         }
         setpgid(pid_, pid_);
         ::close(pipe_ends[1]);

@@ -202,10 +202,7 @@ TEST_CASE("a client sending 200 MB to a slow upstream delivers every byte while 
         if (!read_paced(fd, sum, 8ull << 20, 16 * 1024)) return;
         std::this_thread::sleep_for(300ms);
         if (!read_to_eof(fd, sum)) return;
-        char line[64];
-        int n = snprintf(line, sizeof line, "%llu %016llx\n", static_cast<unsigned long long>(sum.bytes()),
-                         static_cast<unsigned long long>(sum.value()));
-        send_all(fd, line, static_cast<size_t>(n));
+        send_all(fd, digest_line(sum));
         ::shutdown(fd, SHUT_WR);
     });
     Server warm_up(digest);
@@ -244,10 +241,7 @@ TEST_CASE("a client sending 200 MB to a slow upstream delivers every byte while 
     double seconds = std::chrono::duration<double>(Clock::now() - start).count();
     INFO("baseline RSS " << baseline << " KiB, peak " << rss.peak() << " KiB, " << seconds << " s");
     CHECK(eof);
-    char want[64];
-    snprintf(want, sizeof want, "%llu %016llx\n", static_cast<unsigned long long>(sent.bytes()),
-             static_cast<unsigned long long>(sent.value()));
-    CHECK(reply == want);
+    CHECK(reply == digest_line(sent));
     CHECK(rss.peak() > 0);
     CHECK(rss.peak() <= baseline + rss_slack_kib);
 }
