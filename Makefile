@@ -32,6 +32,9 @@ ifdef POSIX_ONLY
 DEFS     += -DMIXCTL_POSIX_ONLY
 endif
 HEADERS  := $(wildcard *.hpp)
+# The tests' own headers (harness.hpp, config_helpers.hpp): every test object
+# depends on them.
+TEST_HEADERS := $(wildcard tests/*.hpp)
 CATCH    := /usr/include/catch2/catch.hpp
 TESTS    := $(patsubst %.cpp,%.o,$(wildcard tests/*_test.cpp))
 SLIM     := -ffunction-sections -fdata-sections -Wl,--gc-sections
@@ -67,7 +70,7 @@ tests/unit: tests/catch_main.o $(TESTS)
 tests/catch_main.o: tests/catch_main.cpp | $(CATCH)
 	$(CXX) -std=c++17 $(CXXFLAGS) -c -o $@ $<
 
-tests/%.o: tests/%.cpp $(HEADERS) tests/harness.hpp | $(CATCH)
+tests/%.o: tests/%.cpp $(HEADERS) $(TEST_HEADERS) | $(CATCH)
 	$(CXX) $(WARN) $(CXXFLAGS) $(DEFS) -I. -pthread -c -o $@ $<
 
 $(CATCH):
@@ -189,7 +192,7 @@ $(SAN_DIR)/tests/catch_main.o: tests/catch_main.cpp | $(CATCH)
 	@mkdir -p $(@D)
 	$(SAN_CXX) -std=c++17 $(SAN_FLAGS) -c -o $@ $<
 
-$(SAN_DIR)/tests/%.o: tests/%.cpp $(HEADERS) tests/harness.hpp | $(CATCH)
+$(SAN_DIR)/tests/%.o: tests/%.cpp $(HEADERS) $(TEST_HEADERS) | $(CATCH)
 	@mkdir -p $(@D)
 	$(SAN_CXX) $(WARN) $(SAN_FLAGS) $(DEFS) -I. -pthread -c -o $@ $<
 

@@ -34,10 +34,7 @@ trap 'exit 1' INT TERM
 start=$(date +%s)
 
 echo "building the static mixctl into $BUILD"
-if ! timeout 600 make -s -C "$T_ROOT" static O="$BUILD" >"$T_TMP/make.log" 2>&1; then
-    grep -v "statically linked applications requires\|in function" "$T_TMP/make.log" | tail -n 30
-    die "make static failed"
-fi
+build_static "$BUILD"
 echo "size: $(wc -c <"$BUILD/mixctl") bytes ($(uname -m), static, stripped)"
 check "the static mixctl has no program interpreter" sh -c '! readelf -lW "$1" | grep -q INTERP' _ "$BUILD/mixctl"
 
@@ -51,10 +48,7 @@ hosts_with="127.0.0.1 localhost
 127.0.0.1 upstream.test"
 printf '%s\n' "$hosts_with" >"$ROOT/etc/hosts"
 
-python3 "$T_ROOT/tests/tcp_check.py" serve "$T_TMP/upstream.port" 240 &
-started $!
-wait_for 20 test -s "$T_TMP/upstream.port" || die "the python3 upstream did not start"
-upstream=$(cat "$T_TMP/upstream.port")
+start_upstream 240
 cat >"$ROOT/etc/mixctl/rules.yaml" <<EOF
 version: 0.1
 rules:
@@ -80,16 +74,9 @@ if wait_for 30 has_port "$T_TMP/mixctl.log" busybox; then
     port=$(forwarded_port "$T_TMP/mixctl.log" busybox)
     check "Forwarding line names the upstream by its /etc/hosts name" \
         grep -q "Forwarding (busybox) from: 127.0.0.1:$port to: \[upstream.test:$upstream\]" "$T_TMP/mixctl.log"
-    check "8 connections x 1 MiB relayed both ways through the chroot, SHA-256 equal" \
-        timeout 120 python3 "$T_ROOT/tests/tcp_check.py" client "$port" 1048576 8
-    check "Closed lines count the bytes both ways" \
-        wait_for 20 grep -q "Closed .*bytes_in=1048576 bytes_out=1048576" "$T_TMP/mixctl.log"
-    kill -TERM "$mixctl"
-    if wait_exit 30 "$mixctl"; then
-        check "SIGTERM: exit status 0 (got $T_STATUS)" test "$T_STATUS" = 0
-    else
-        bad "mixctl did not stop within 30 s of SIGTERM"
-    fi
+    relay_check "$T_TMP/mixctl.log" "$port" 1048576 8 \
+        "8 connections x 1 MiB relayed both ways through the chroot, SHA-256 equal"
+    sigterm_check "$mixctl"
 else
     bad "mixctl did not log its Forwarding line within 30 s"
 fi

@@ -14,16 +14,6 @@ namespace {
 
 bool contains(const std::string& text, const std::string& needle) { return text.find(needle) != std::string::npos; }
 
-bool starts_with(const std::string& text, const std::string& prefix) { return text.compare(0, prefix.size(), prefix) == 0; }
-
-std::vector<std::string> lines_of(const std::string& text) {
-    std::vector<std::string> out;
-    std::string line;
-    std::istringstream in(text);
-    while (std::getline(in, line)) out.push_back(line);
-    return out;
-}
-
 // Go's log.LstdFlags prefix: "2006/01/02 15:04:05 ".
 bool has_go_timestamp(const std::string& line) {
     const std::string shape = "dddd/dd/dd dd:dd:dd ";

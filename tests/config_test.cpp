@@ -2,34 +2,9 @@
 #include <catch2/catch.hpp>
 
 #include "config.hpp"
+#include "config_helpers.hpp"
 
-namespace {
-
-struct Loaded {
-    bool ok = false;
-    config::Config cfg;
-    config::Diagnostics diag;
-};
-
-Loaded load(const std::string& text) {
-    Loaded l;
-    l.ok = config::parse_text(text, "rules.yaml", l.cfg, l.diag);
-    return l;
-}
-
-bool has_message(const std::vector<std::string>& list, const std::string& needle) {
-    for (const std::string& m : list)
-        if (m.find(needle) != std::string::npos) return true;
-    return false;
-}
-
-std::string all(const std::vector<std::string>& list) {
-    std::string out;
-    for (const std::string& m : list) out += m + "\n";
-    return out;
-}
-
-}  // namespace
+using namespace config_helpers;
 
 TEST_CASE("a rules file written for the Go tool loads unchanged", "[config]") {
     Loaded l = load(

@@ -45,7 +45,7 @@ compile() { # compile SRC OBJ FLAGS...: in the background, when OBJ is stale
     src=$1
     obj=$2
     shift 2
-    if [ -f "$obj" ] && [ -z "$(find "$src" "$T_ROOT"/*.hpp -newer "$obj" 2>/dev/null | head -n 1)" ]; then
+    if [ -f "$obj" ] && [ -z "$(find "$src" "$T_ROOT"/*.hpp "$T_ROOT"/tests/*.hpp -newer "$obj" 2>/dev/null | head -n 1)" ]; then
         return 0
     fi
     rm -f "$obj"
@@ -66,10 +66,7 @@ for name in yaml_lite config flags net shared64; do
 done
 # ---- 1. the static build --------------------------------------------------------
 echo "building $BIN with $CXX"
-if ! timeout 600 make -s -C "$T_ROOT" static CXX="$CXX" O="$BUILD" >"$T_TMP/make.log" 2>&1; then
-    grep -v "statically linked applications requires\|in function" "$T_TMP/make.log" | tail -n 30
-    die "make static CXX=$CXX failed"
-fi
+build_static "$BUILD" "$CXX"
 size=$(wc -c <"$BIN")
 echo "size: $size bytes ($ARCH, static, stripped)"
 headers=$(readelf -hlSW "$BIN" 2>&1)
@@ -87,10 +84,7 @@ check "-version prints 'mixctl $version'" test "$out" = "mixctl $version"
 timeout 60 "$QEMU" "$BIN" -h >/dev/null 2>"$T_TMP/usage"
 check "-h prints usage naming -f and -syslog" grep -q -- "-syslog" "$T_TMP/usage"
 
-python3 "$T_ROOT/tests/tcp_check.py" serve "$T_TMP/upstream.port" 240 &
-started $!
-wait_for 20 test -s "$T_TMP/upstream.port" || die "the python3 upstream did not start"
-upstream=$(cat "$T_TMP/upstream.port")
+start_upstream 240
 cat >"$T_TMP/rules.yaml" <<EOF
 version: 0.1
 rules:
@@ -109,16 +103,9 @@ if wait_for 60 has_port "$T_TMP/mixctl.log" cross; then
     port=$(forwarded_port "$T_TMP/mixctl.log" cross)
     ok "mixctl listens on 127.0.0.1:$port under $QEMU"
     wait_for 30 grep -q " started: 2 workers" "$T_TMP/mixctl.log"
-    check "5 connections x 256 KiB relayed both ways, SHA-256 equal" \
-        timeout 120 python3 "$T_ROOT/tests/tcp_check.py" client "$port" 262144 5
-    check "Closed lines count the bytes both ways" \
-        wait_for 20 grep -q "Closed .*bytes_in=262144 bytes_out=262144" "$T_TMP/mixctl.log"
-    kill -TERM "$mixctl"
-    if wait_exit 30 "$mixctl"; then
-        check "SIGTERM: exit status 0 (got $T_STATUS)" test "$T_STATUS" = 0
+    relay_check "$T_TMP/mixctl.log" "$port" 262144 5 "5 connections x 256 KiB relayed both ways, SHA-256 equal"
+    if sigterm_check "$mixctl"; then
         check "SIGTERM: 'stopped' logged" grep -q "stopped" "$T_TMP/mixctl.log"
-    else
-        bad "mixctl did not stop within 30 s of SIGTERM"
     fi
 else
     bad "mixctl did not log its Forwarding line within 60 s"

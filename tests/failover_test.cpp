@@ -10,38 +10,6 @@
 
 using namespace harness;
 
-namespace {
-
-std::string one_rule(const std::vector<std::string>& to, const std::string& from = "127.0.0.1:0") {
-    return rules_yaml({rule_yaml("r", from, to)});
-}
-
-// Sends `request`, half-closes, reads the reply to EOF.
-bool exchange(uint16_t port, const std::string& request, std::string& reply, Ms limit = 5000ms) {
-    net::Fd fd = dial(port, AF_INET, limit);
-    if (!fd || !send_all(fd.get(), request)) return false;
-    ::shutdown(fd.get(), SHUT_WR);
-    return read_to_eof(fd.get(), reply);
-}
-
-long elapsed_ms(Clock::time_point since) {
-    return static_cast<long>(std::chrono::duration_cast<Ms>(Clock::now() - since).count());
-}
-
-// A port that had a listener a moment ago and has none now: connects to it
-// are refused.
-uint16_t closed_port() {
-    Server gone(echo);
-    uint16_t port = gone.port();
-    gone.stop();
-    return port;
-}
-
-bool alive(Daemon& d) { return !d.wait_exit(0ms).exited() && kill(d.pid(), 0) == 0; }
-
-
-}  // namespace
-
 TEST_CASE("one refused upstream of three: 100 of 100 connections served byte-exact", "[failover]") {
     Server a(digest), b(digest);
     uint16_t refused = closed_port();
@@ -79,7 +47,7 @@ TEST_CASE("an upstream that never answers the SYN: every connection fails over w
         ++tried;
         std::string request = pattern(500, static_cast<uint64_t>(tried)), reply;
         Clock::time_point t0 = Clock::now();
-        bool ok = exchange(port, request, reply, 5000ms) && reply == digest_line(request);
+        bool ok = exchange(port, request, reply, AF_INET, 5000ms) && reply == digest_line(request);
         long took = elapsed_ms(t0);
         slowest = std::max(slowest, took);
         if (ok && took < 3000) ++served;

@@ -24,6 +24,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/types.h>
@@ -51,6 +52,30 @@ inline bool wait_until(const std::function<bool()>& done, Ms limit = 5000ms) {
         if (Clock::now() >= end) return false;
         std::this_thread::sleep_for(5ms);
     }
+}
+
+// Milliseconds since `since`.
+inline long elapsed_ms(Clock::time_point since) {
+    return static_cast<long>(std::chrono::duration_cast<Ms>(Clock::now() - since).count());
+}
+
+// ---- text -------------------------------------------------------------------------
+
+// The lines of `text`, without their '\n'; a last line without one counts.
+inline std::vector<std::string> lines_of(const std::string& text) {
+    std::vector<std::string> lines;
+    size_t at = 0;
+    while (at < text.size()) {
+        size_t end = text.find('\n', at);
+        if (end == std::string::npos) end = text.size();
+        lines.push_back(text.substr(at, end - at));
+        at = end + 1;
+    }
+    return lines;
+}
+
+inline bool starts_with(const std::string& text, const std::string& prefix) {
+    return text.compare(0, prefix.size(), prefix) == 0;
 }
 
 // ---- data with checksums ----------------------------------------------------
@@ -205,6 +230,27 @@ inline bool closed_by_peer(int fd, Ms limit = 5000ms) {
     return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK);
 }
 
+// One whole exchange through the daemon: sends `request`, half-closes, reads
+// the reply to EOF.
+inline bool exchange(uint16_t port, const std::string& request, std::string& reply, int family = AF_INET,
+                     Ms limit = 5000ms) {
+    net::Fd fd = dial(port, family, limit);
+    if (!fd || !send_all(fd.get(), request)) return false;
+    ::shutdown(fd.get(), SHUT_WR);
+    return read_to_eof(fd.get(), reply);
+}
+
+// A loopback port that was free a moment ago (bound to port 0, then
+// released), for a listener that must have a known number.
+inline uint16_t free_port(int family = AF_INET) {
+    net::Fd fd(::socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    net::SockAddr at = loopback(0, family);
+    if (!fd || ::bind(fd.get(), at.get(), at.length) < 0) return 0;
+    net::SockAddr bound;
+    net::local_address(fd.get(), bound);
+    return bound.port();
+}
+
 // ---- upstream servers ----------------------------------------------------------
 
 // A loopback TCP server: one thread accepts, one thread per connection runs
@@ -307,23 +353,27 @@ inline void echo(int fd) {
     ::shutdown(fd, SHUT_WR);
 }
 
-// Reads to EOF, then answers "<bytes> <checksum>\n": the reply only exists
-// if the request's end (a half-close) got through.
-inline void digest(int fd) {
-    Checksum sum;
-    if (!read_to_eof(fd, sum)) return;
+// "<bytes> <checksum>\n" of what `sum` has seen: the digest server's reply.
+inline std::string digest_line(const Checksum& sum) {
     char line[64];
-    int n = snprintf(line, sizeof line, "%llu %016llx\n", static_cast<unsigned long long>(sum.bytes()),
-                     static_cast<unsigned long long>(sum.value()));
-    send_all(fd, line, static_cast<size_t>(n));
-    ::shutdown(fd, SHUT_WR);
+    snprintf(line, sizeof line, "%llu %016llx\n", static_cast<unsigned long long>(sum.bytes()),
+             static_cast<unsigned long long>(sum.value()));
+    return line;
 }
 
 inline std::string digest_line(const std::string& data) {
-    char line[64];
-    snprintf(line, sizeof line, "%llu %016llx\n", static_cast<unsigned long long>(data.size()),
-             static_cast<unsigned long long>(checksum(data)));
-    return line;
+    Checksum sum;
+    sum.add(data.data(), data.size());
+    return digest_line(sum);
+}
+
+// Reads to EOF, then answers digest_line(): the reply only exists if the
+// request's end (a half-close) got through.
+inline void digest(int fd) {
+    Checksum sum;
+    if (!read_to_eof(fd, sum)) return;
+    send_all(fd, digest_line(sum));
+    ::shutdown(fd, SHUT_WR);
 }
 
 // Says its name first (server-speaks-first, like SSH), then echoes.
@@ -409,6 +459,35 @@ private:
     std::vector<uint16_t> filler_ports_;
 };
 
+// A port that had a listener a moment ago and has none now: connects to it
+// are refused (until someone else binds it).
+inline uint16_t closed_port() {
+    Server gone(echo);
+    uint16_t port = gone.port();
+    gone.stop();
+    return port;
+}
+
+// A loopback port that refuses: bound (so nobody else takes it) but not
+// listening, so a SYN is answered with RST. A test may listen on fd() later.
+class RefusedPort {
+public:
+    RefusedPort() : fd_(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)) {
+        net::SockAddr at = loopback(0);
+        if (!fd_ || ::bind(fd_.get(), at.get(), at.length) < 0) return;
+        net::SockAddr bound;
+        net::local_address(fd_.get(), bound);
+        port_ = bound.port();
+    }
+    uint16_t port() const { return port_; }
+    int fd() const { return fd_.get(); }
+    std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
+
+private:
+    net::Fd fd_;
+    uint16_t port_ = 0;
+};
+
 // ---- the daemon ----------------------------------------------------------------
 
 class TempDir {
@@ -467,6 +546,17 @@ inline std::string drain_fd(int fd) {
     return text;
 }
 
+// In a forked child: becomes mixctl with `args`; exit 127 if it cannot.
+[[noreturn]] inline void exec_mixctl(const std::vector<std::string>& args) {
+    std::vector<std::string> all{mixctl_path()};
+    all.insert(all.end(), args.begin(), args.end());
+    std::vector<char*> argv;
+    for (std::string& a : all) argv.push_back(&a[0]);
+    argv.push_back(nullptr);
+    execv(argv[0], argv.data());
+    _exit(127);
+}
+
 inline RunResult run(const std::vector<std::string>& args, Ms limit = 10000ms) {
     RunResult result;
     TempDir dir;
@@ -477,13 +567,7 @@ inline RunResult run(const std::vector<std::string>& args, Ms limit = 10000ms) {
         int err = ::open(err_file.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
         dup2(out, 1);
         dup2(err, 2);
-        std::vector<std::string> all{mixctl_path()};
-        all.insert(all.end(), args.begin(), args.end());
-        std::vector<char*> argv;
-        for (std::string& a : all) argv.push_back(&a[0]);
-        argv.push_back(nullptr);
-        execv(argv[0], argv.data());
-        _exit(127);
+        exec_mixctl(args);
     }
     int status = 0;
     bool done = wait_until([&] { return waitpid(pid, &status, WNOHANG) == pid; }, limit);
@@ -496,6 +580,19 @@ inline RunResult run(const std::vector<std::string>& args, Ms limit = 10000ms) {
     result.out = drain_fd(o.get());
     result.err = drain_fd(e.get());
     return result;
+}
+
+// Raises this process's soft descriptor limit to its hard limit; returns the
+// soft limit now in force (0 if it cannot be read).
+inline rlim_t raise_own_fd_limit() {
+    rlimit lim{};
+    if (getrlimit(RLIMIT_NOFILE, &lim) != 0) return 0;
+    if (lim.rlim_cur < lim.rlim_max) {
+        lim.rlim_cur = lim.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &lim);
+        getrlimit(RLIMIT_NOFILE, &lim);
+    }
+    return lim.rlim_cur;
 }
 
 inline int fd_count(pid_t pid) {
@@ -587,13 +684,8 @@ public:
             dup2(pipe_ends[1], 2);
             dup2(pipe_ends[1], 1);
             if (in_child) in_child();
-            std::vector<std::string> all{mixctl_path(), "-f", file_};
-            all.insert(all.end(), args.begin(), args.end());
-            std::vector<char*> argv;
-            for (std::string& a : all) argv.push_back(&a[0]);
-            argv.push_back(nullptr);
-            execv(argv[0], argv.data());
-            _exit(127);
+            args.insert(args.begin(), {"-f", file_});
+            exec_mixctl(args);
         }
         setpgid(pid_, pid_);
         ::close(pipe_ends[1]);
@@ -681,6 +773,9 @@ private:
     std::string log_;
 };
 
+// The daemon's parent is still running.
+inline bool alive(Daemon& d) { return !d.wait_exit(0ms).exited() && kill(d.pid(), 0) == 0; }
+
 // One rule, in the Go tool's block style.
 inline std::string rule_yaml(const std::string& name, const std::string& from,
                              const std::vector<std::string>& to) {
@@ -693,6 +788,16 @@ inline std::string rules_yaml(const std::vector<std::string>& rules) {
     std::string text = "version: 0.1\nrules:\n";
     for (const std::string& r : rules) text += r;
     return text;
+}
+
+// A rules file with one rule "r" from `from` (an ephemeral loopback port by
+// default) to the upstreams `to`.
+inline std::string one_rule(const std::vector<std::string>& to, const std::string& from = "127.0.0.1:0") {
+    return rules_yaml({rule_yaml("r", from, to)});
+}
+
+inline std::string one_rule(const Server& up, const std::string& from = "127.0.0.1:0") {
+    return one_rule({up.address()}, from);
 }
 
 }  // namespace harness

@@ -5,6 +5,8 @@
 # the exit status; `need` installs missing Debian packages when run as root
 # and otherwise skips (exit 77) naming the command to run; `started` records
 # pids that `cleanup` kills, by pid only. Every wait is bounded.
+# build_static, start_upstream, relay_check and sigterm_check are the steps
+# busybox.sh, cross.sh and systemd_unit.sh share.
 
 T_PASSED=0
 T_FAILED=0
@@ -126,4 +128,44 @@ has_port() { [ -n "$(forwarded_port "$1" "$2")" ]; }
 
 makefile_version() {
     sed -n 's/^VERSION *:= *//p' "$T_ROOT/Makefile"
+}
+
+# build_static OUT [CXX]: `make static` into the folder OUT (with CXX when
+# given); on failure shows the end of make's output and dies.
+build_static() {
+    if ! timeout 600 make -s -C "$T_ROOT" static O="$1" ${2:+"CXX=$2"} >"$T_TMP/make.log" 2>&1; then
+        grep -v "statically linked applications requires\|in function" "$T_TMP/make.log" | tail -n 30
+        die "make static${2:+ CXX=$2} failed"
+    fi
+}
+
+# start_upstream SECONDS: tests/tcp_check.py's echo server on 127.0.0.1, for
+# at most SECONDS (and killed by cleanup); its port in $upstream.
+start_upstream() {
+    python3 "$T_ROOT/tests/tcp_check.py" serve "$T_TMP/upstream.port" "$1" &
+    started $!
+    wait_for 20 test -s "$T_TMP/upstream.port" || die "the python3 upstream did not start"
+    upstream=$(cat "$T_TMP/upstream.port")
+}
+
+# relay_check LOG PORT BYTES CONNECTIONS WHAT: CONNECTIONS connections of
+# BYTES each through 127.0.0.1:PORT to the echo upstream, every byte compared
+# (the check named WHAT); then mixctl's Closed lines in LOG count those bytes
+# both ways.
+relay_check() {
+    check "$5" timeout 120 python3 "$T_ROOT/tests/tcp_check.py" client "$2" "$3" "$4"
+    check "Closed lines count the bytes both ways" \
+        wait_for 20 grep -q "Closed .*bytes_in=$3 bytes_out=$3" "$1"
+}
+
+# sigterm_check PID: SIGTERM to mixctl, which must exit with status 0 within
+# 30 s. Returns 1 only when it did not stop at all.
+sigterm_check() {
+    kill -TERM "$1"
+    if wait_exit 30 "$1"; then
+        check "SIGTERM: exit status 0 (got $T_STATUS)" test "$T_STATUS" = 0
+        return 0
+    fi
+    bad "mixctl did not stop within 30 s of SIGTERM"
+    return 1
 }

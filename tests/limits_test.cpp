@@ -26,10 +26,6 @@ std::string rule_with(const std::string& settings, const std::vector<std::string
     return text;
 }
 
-long ms_since(Clock::time_point t0) {
-    return static_cast<long>(std::chrono::duration_cast<Ms>(Clock::now() - t0).count());
-}
-
 // Real and effective uid of a process, from /proc.
 long uid_of(pid_t pid) {
     std::string path = "/proc/" + std::to_string(pid) + "/status";
@@ -50,7 +46,7 @@ TEST_CASE("a rule's connect_timeout overrides -t", "[limits]") {
     REQUIRE(fd);
     Clock::time_point t0 = Clock::now();
     CHECK(closed_by_peer(fd.get(), 3000ms));
-    CHECK(ms_since(t0) < 2000);
+    CHECK(elapsed_ms(t0) < 2000);
     CHECK(d.wait_log("i/o timeout after 200ms"));
 }
 
@@ -74,7 +70,7 @@ TEST_CASE("idle_timeout closes a silent connection and spares a busy one", "[lim
     std::string echoed;
     REQUIRE(send_all(busy.get(), std::string("y")));
     CHECK(read_exact(busy.get(), echoed, 1));
-    CHECK(ms_since(t0) >= 1200);
+    CHECK(elapsed_ms(t0) >= 1200);
 }
 
 TEST_CASE("halfclose_timeout ends a connection left half-closed", "[limits]") {
@@ -91,8 +87,8 @@ TEST_CASE("halfclose_timeout ends a connection left half-closed", "[limits]") {
     ::shutdown(fd.get(), SHUT_WR);
     Clock::time_point t0 = Clock::now();
     CHECK(closed_by_peer(fd.get(), 3000ms));
-    CHECK(ms_since(t0) >= 250);
-    CHECK(ms_since(t0) < 2000);
+    CHECK(elapsed_ms(t0) >= 250);
+    CHECK(elapsed_ms(t0) < 2000);
     CHECK(d.wait_log("error=\"half-close timeout\""));
     done = true;
 }

@@ -273,21 +273,6 @@ std::string find_program(const std::string& name) {
     return "";
 }
 
-// A port nothing listens on: bound (so nobody else takes it) but not listening.
-struct ClosedPort {
-    net::Fd fd;
-    uint16_t port = 0;
-    ClosedPort() : fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)) {
-        net::SockAddr at = loopback(0);
-        if (fd && ::bind(fd.get(), at.get(), at.length) == 0) {
-            net::SockAddr bound;
-            net::local_address(fd.get(), bound);
-            port = bound.port();
-        }
-    }
-    std::string address() const { return "127.0.0.1:" + std::to_string(port); }
-};
-
 using Labels = std::map<std::string, std::string>;
 
 const char* const families[] = {
@@ -343,8 +328,8 @@ TEST_CASE("the test's exposition parser rejects what the text format forbids", "
 TEST_CASE("GET /metrics counts known traffic per rule and upstream", "[metrics]") {
     Server a(digest);
     Server held(echo);
-    ClosedPort refused, probed;  // B refuses; C is probed, refused, then listens
-    REQUIRE((a.ok() && held.ok() && refused.port && probed.port));
+    RefusedPort refused, probed;  // B refuses; C is probed, refused, then listens
+    REQUIRE((a.ok() && held.ok() && refused.port() && probed.port()));
     // The held rule's name needs escaping as a label value: " and \.
     const std::string odd_name = "held \"open\" \\ one";
     Daemon d("metrics: 127.0.0.1:0\n"
@@ -449,7 +434,7 @@ TEST_CASE("GET /metrics counts known traffic per rule and upstream", "[metrics]"
     // The held connection ends: active goes back to 0. C starts listening:
     // the next probe brings it up.
     open_fd.reset();
-    REQUIRE(::listen(probed.fd.get(), 16) == 0);
+    REQUIRE(::listen(probed.fd(), 16) == 0);
     CHECK(wait_until([&] {
         Exposition now = parse(scrape(mport).body);
         return now.value("mixctl_upstream_active_connections", lheld) == 0 && now.value("mixctl_upstream_up", lc) == 1;

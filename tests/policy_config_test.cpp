@@ -9,36 +9,11 @@
 #include <vector>
 
 #include "config.hpp"
+#include "config_helpers.hpp"
 
 using namespace std::chrono_literals;
 
-namespace {
-
-struct Loaded {
-    bool ok = false;
-    config::Config cfg;
-    config::Diagnostics diag;
-};
-
-Loaded load(const std::string& text) {
-    Loaded l;
-    l.ok = config::parse_text(text, "rules.yaml", l.cfg, l.diag);
-    return l;
-}
-
-bool has_message(const std::vector<std::string>& list, const std::string& needle) {
-    for (const std::string& m : list)
-        if (m.find(needle) != std::string::npos) return true;
-    return false;
-}
-
-std::string all(const std::vector<std::string>& list) {
-    std::string out;
-    for (const std::string& m : list) out += m + "\n";
-    return out;
-}
-
-}  // namespace
+using namespace config_helpers;
 
 TEST_CASE("policy: without any key a rule gets the documented defaults", "[config][policy]") {
     Loaded l = load("rules:\n- from: 127.0.0.1:1\n  to: [127.0.0.1:2, localhost:3]\n");

@@ -17,25 +17,10 @@ using namespace harness;
 
 namespace {
 
-std::string one_rule(const Server& up, const std::string& from = "127.0.0.1:0") {
-    return rules_yaml({rule_yaml("r", from, {up.address()})});
-}
-
-bool exchange(uint16_t port, const std::string& request, std::string& reply, Ms limit = 5000ms) {
-    net::Fd fd = dial(port, AF_INET, limit);
-    if (!fd || !send_all(fd.get(), request)) return false;
-    ::shutdown(fd.get(), SHUT_WR);
-    return read_to_eof(fd.get(), reply);
-}
-
 // One echo round trip on an open connection.
 bool round_trip(int fd, const std::string& text) {
     std::string back;
     return send_all(fd, text) && read_exact(fd, back, text.size()) && back == text;
-}
-
-long elapsed_ms(Clock::time_point since) {
-    return static_cast<long>(std::chrono::duration_cast<Ms>(Clock::now() - since).count());
 }
 
 bool gone(pid_t pid) { return kill(pid, 0) == -1 && errno == ESRCH; }
@@ -63,16 +48,6 @@ bool refused(uint16_t port) {
     net::Fd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
     net::SockAddr to = loopback(port);
     return ::connect(fd.get(), to.get(), to.length) < 0 && errno == ECONNREFUSED;
-}
-
-// A port that is free right now (bound to port 0, then released).
-uint16_t free_port() {
-    net::Fd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
-    net::SockAddr at = loopback(0);
-    if (::bind(fd.get(), at.get(), at.length) < 0) return 0;
-    net::SockAddr bound;
-    net::local_address(fd.get(), bound);
-    return bound.port();
 }
 
 struct Stats {
@@ -389,7 +364,7 @@ TEST_CASE("a stopped worker does not strand connections: 20 of 20 served within 
     for (int i = 0; i < 20; ++i) {
         std::string request = "n" + std::to_string(i), reply;
         Clock::time_point t0 = Clock::now();
-        bool ok = exchange(port, request, reply, 5000ms) && reply == request;
+        bool ok = exchange(port, request, reply, AF_INET, 5000ms) && reply == request;
         long took = elapsed_ms(t0);
         slowest = std::max(slowest, took);
         served += ok && took < 3000;
@@ -498,7 +473,7 @@ TEST_CASE("EMFILE at accept or at dial: logged once, no spin, no exit, then serv
         s.idle.clear();
         CHECK(wait_until([&] { return s.up.active() == 0; }, 3000ms));
         std::string reply;
-        bool again = exchange(s.port, "served again", reply, 5000ms);
+        bool again = exchange(s.port, "served again", reply, AF_INET, 5000ms);
         std::string log = d.log();
         INFO("log tail:\n" << log.substr(log.size() > 3000 ? log.size() - 3000 : 0));
         CHECK(again);

@@ -60,16 +60,6 @@ bool ipv6_loopback() {
     return fd && ::bind(fd.get(), at.get(), at.length) == 0;
 }
 
-// A port that was free a moment ago (the consumer binds it by number).
-uint16_t free_port(int family) {
-    net::Fd fd(::socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0));
-    net::SockAddr at = loopback(0, family);
-    if (!fd || ::bind(fd.get(), at.get(), at.length) < 0) return 0;
-    net::SockAddr bound;
-    net::local_address(fd.get(), bound);
-    return bound.port();
-}
-
 // One HTTP/1.0 request on a connected socket, after `prefix` (a hand-made
 // PROXY header, or nothing); returns everything up to EOF or a reset.
 std::string http_get(int fd, const std::string& prefix = "") {

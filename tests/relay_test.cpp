@@ -9,28 +9,9 @@
 
 using namespace harness;
 
-namespace {
-
-// A one-rule daemon in front of the given servers.
-std::string one_rule(const std::vector<const Server*>& servers, const std::string& from = "127.0.0.1:0") {
-    std::vector<std::string> to;
-    for (const Server* s : servers) to.push_back(s->address());
-    return rules_yaml({rule_yaml("r", from, to)});
-}
-
-// Sends `request`, half-closes, reads the reply to EOF.
-bool exchange(uint16_t port, const std::string& request, std::string& reply, int family = AF_INET) {
-    net::Fd fd = dial(port, family);
-    if (!fd || !send_all(fd.get(), request)) return false;
-    ::shutdown(fd.get(), SHUT_WR);
-    return read_to_eof(fd.get(), reply);
-}
-
-}  // namespace
-
 TEST_CASE("a small request and its reply pass byte-exact", "[relay]") {
     Server up(digest);
-    Daemon d(one_rule({&up}));
+    Daemon d(one_rule(up));
     uint16_t port = d.port("r");
     REQUIRE(port != 0);
     std::string request = pattern(1000, 1), reply;
@@ -45,7 +26,7 @@ TEST_CASE("half-close delivers the reply", "[relay]") {
     // The client's request ends with shutdown(SHUT_WR), as `echo req | nc`
     // does; the server answers only after seeing that EOF.
     Server up(digest);
-    Daemon d(one_rule({&up}));
+    Daemon d(one_rule(up));
     uint16_t port = d.port("r");
     for (int i = 0; i < 20; ++i) {
         std::string request = pattern(static_cast<size_t>(1 + i * 997), static_cast<uint64_t>(i)), reply;
@@ -65,7 +46,7 @@ TEST_CASE("the upstream's half-close reaches the client while the client keeps s
         read_to_eof(fd, sum);
         received = sum.bytes();
     });
-    Daemon d(one_rule({&up}));
+    Daemon d(one_rule(up));
     net::Fd fd = dial(d.port("r"));
     REQUIRE(fd);
     std::string greeting;
@@ -78,7 +59,7 @@ TEST_CASE("the upstream's half-close reaches the client while the client keeps s
 
 TEST_CASE("the upstream can speak first", "[relay]") {
     Server up(banner("SSH-2.0-test"));
-    Daemon d(one_rule({&up}));
+    Daemon d(one_rule(up));
     net::Fd fd = dial(d.port("r"));
     REQUIRE(fd);
     std::string line;
@@ -92,7 +73,7 @@ TEST_CASE("the upstream can speak first", "[relay]") {
 
 TEST_CASE("50 MB each way pass byte-exact at the same time", "[relay][big]") {
     Server up(echo);
-    Daemon d(one_rule({&up}));
+    Daemon d(one_rule(up));
     net::Fd fd = dial(d.port("r"), AF_INET, 30000ms);
     REQUIRE(fd);
     const uint64_t size = 50ull << 20;
@@ -111,7 +92,7 @@ TEST_CASE("50 MB each way pass byte-exact at the same time", "[relay][big]") {
 
 TEST_CASE("200 concurrent connections all get their own bytes back", "[relay]") {
     Server up(digest);
-    Daemon d(one_rule({&up}), {"-w", "2", "-v=false"});
+    Daemon d(one_rule(up), {"-w", "2", "-v=false"});
     uint16_t port = d.port("r");
     std::vector<net::Fd> fds;
     std::vector<std::string> requests;
@@ -147,7 +128,7 @@ TEST_CASE("several rules relay at once, each to its own upstream", "[relay]") {
 
 TEST_CASE("connections spread over three upstreams", "[relay]") {
     Server a(echo), b(echo), c(echo);
-    Daemon d(one_rule({&a, &b, &c}), {"-w", "1", "-v=false"});
+    Daemon d(one_rule({a.address(), b.address(), c.address()}), {"-w", "1", "-v=false"});
     uint16_t port = d.port("r");
     for (int i = 0; i < 150; ++i) {
         std::string reply;
@@ -189,7 +170,7 @@ TEST_CASE("a localhost upstream is found whichever family it listens on", "[rela
 
 TEST_CASE("no descriptor is left behind after connections end", "[relay][leak]") {
     Server up(digest);
-    Daemon d(one_rule({&up}), {"-w", "1", "-v=false"});
+    Daemon d(one_rule(up), {"-w", "1", "-v=false"});
     uint16_t port = d.port("r");
     std::vector<pid_t> workers = d.workers(1);
     REQUIRE(workers.size() == 1);

@@ -12,13 +12,6 @@ using namespace harness;
 
 namespace {
 
-uint16_t free_port() {
-    Server probe([](int) {});
-    uint16_t port = probe.port();
-    probe.stop();
-    return port;
-}
-
 std::string config_for(uint16_t port, const std::string& upstream, const std::string& extra = "") {
     return rules_yaml({rule_yaml("r", "127.0.0.1:" + std::to_string(port), {upstream})}) + extra;
 }

@@ -38,8 +38,6 @@
 #include <unistd.h>
 #include <vector>
 
-#include <sys/resource.h>
-
 #include "harness.hpp"
 
 // Everything lives in its own namespace, so a helper added to harness.hpp
@@ -142,86 +140,10 @@ private:
     std::shared_ptr<State> state_ = std::make_shared<State>();
 };
 
-// A loopback port that refuses: bound (so nobody else gets it) but never
-// listening, so a SYN is answered with RST.
-class RefusedPort {
-public:
-    RefusedPort() {
-        fd_ = net::Fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
-        net::SockAddr at = loopback(0);
-        if (!fd_ || ::bind(fd_.get(), at.get(), at.length) < 0) return;
-        net::SockAddr bound;
-        net::local_address(fd_.get(), bound);
-        port_ = bound.port();
-    }
-    uint16_t port() const { return port_; }
-    std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
-
-private:
-    net::Fd fd_;
-    uint16_t port_ = 0;
-};
-
-// An upstream that never answers a SYN: backlog 0 with its one accept-queue
-// place taken by a connection nobody accepts.
-class BlackHole {
-public:
-    BlackHole() {
-        listener_ = net::Fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
-        net::SockAddr at = loopback(0);
-        if (!listener_ || ::bind(listener_.get(), at.get(), at.length) < 0 || ::listen(listener_.get(), 0) < 0) return;
-        net::SockAddr bound;
-        net::local_address(listener_.get(), bound);
-        for (int i = 0; i < 2; ++i) {
-            net::Fd f(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
-            net::SockAddr to = loopback(bound.port());
-            if (!f || (::connect(f.get(), to.get(), to.length) < 0 && errno != EINPROGRESS)) return;
-            if (i == 0) {
-                pollfd p{f.get(), POLLOUT, 0};
-                if (::poll(&p, 1, 2000) != 1 || net::pending_error(f.get()) != 0) return;
-            }
-            fillers_.push_back(std::move(f));
-        }
-        port_ = bound.port();
-    }
-    uint16_t port() const { return port_; }
-    std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
-
-    // True when a fresh connect gets no answer within `limit`.
-    bool swallows(Ms limit = 300ms) const {
-        net::Fd probe(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
-        net::SockAddr to = loopback(port_);
-        if (!probe || (::connect(probe.get(), to.get(), to.length) < 0 && errno != EINPROGRESS)) return false;
-        pollfd p{probe.get(), POLLOUT, 0};
-        return ::poll(&p, 1, static_cast<int>(limit.count())) == 0;
-    }
-
-private:
-    net::Fd listener_;
-    std::vector<net::Fd> fillers_;
-    uint16_t port_ = 0;
-};
-
-// A loopback port free right now (bound and released), for rules that must
-// keep their address across reloads.
-uint16_t free_port() {
-    net::Fd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
-    net::SockAddr at = loopback(0);
-    if (!fd || ::bind(fd.get(), at.get(), at.length) < 0) return 0;
-    net::SockAddr bound;
-    net::local_address(fd.get(), bound);
-    return bound.port();
-}
+// The other upstreams are harness::RefusedPort and harness::BlackHole; the
+// rules' own ports come from harness::free_port(), so a reload keeps them.
 
 // ---- process figures ---------------------------------------------------------
-
-void raise_own_fd_limit() {
-    rlimit lim{};
-    if (getrlimit(RLIMIT_NOFILE, &lim) == 0 && lim.rlim_cur < lim.rlim_max) {
-        lim.rlim_cur = lim.rlim_max;
-        setrlimit(RLIMIT_NOFILE, &lim);
-    }
-}
 
 // Socket inodes a process holds.
 std::set<unsigned long> socket_inodes(pid_t pid) {

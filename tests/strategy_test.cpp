@@ -33,15 +33,6 @@ std::string quoted(const std::string& address) { return "\"" + address + "\""; }
 
 std::string loopback_address(uint16_t port) { return "127.0.0.1:" + std::to_string(port); }
 
-// A port that had a listener a moment ago and has none now: connects to it
-// are refused.
-uint16_t closed_port() {
-    Server gone(echo);
-    uint16_t port = gone.port();
-    gone.stop();
-    return port;
-}
-
 // Connects (from `source`, if given), reads the upstream's banner line and
 // returns its name; "" when the connection was not served. With `keep`, the
 // connection stays open in it.
@@ -58,12 +49,6 @@ std::string who(uint16_t port, const char* source = nullptr, net::Fd* keep = nul
     }
     if (keep) *keep = std::move(fd);
     return line.substr(0, line.find('\n'));
-}
-
-bool alive(Daemon& d) { return !d.wait_exit(0ms).exited() && kill(d.pid(), 0) == 0; }
-
-long elapsed_ms(Clock::time_point since) {
-    return static_cast<long>(std::chrono::duration_cast<Ms>(Clock::now() - since).count());
 }
 
 // ---- SIGUSR1 stats ---------------------------------------------------------------

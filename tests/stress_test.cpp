@@ -15,19 +15,6 @@ using namespace harness;
 
 namespace {
 
-// Raises this process's soft descriptor limit to its hard limit; returns the
-// soft limit now in force.
-rlim_t raise_own_fd_limit() {
-    rlimit lim{};
-    if (getrlimit(RLIMIT_NOFILE, &lim) != 0) return 0;
-    if (lim.rlim_cur < lim.rlim_max) {
-        lim.rlim_cur = lim.rlim_max;
-        setrlimit(RLIMIT_NOFILE, &lim);
-        getrlimit(RLIMIT_NOFILE, &lim);
-    }
-    return lim.rlim_cur;
-}
-
 // Samples a process's RSS every few milliseconds while alive; keeps the peak.
 class RssSampler {
 public:
@@ -134,16 +121,6 @@ private:
     std::vector<int> conns_;  // the loop thread's own
 };
 
-std::string one_rule(const std::string& upstream) { return rules_yaml({rule_yaml("r", "127.0.0.1:0", {upstream})}); }
-
-// One small exchange through the daemon (request, half-close, reply to EOF).
-bool exchange(uint16_t port, const std::string& request, std::string& reply) {
-    net::Fd fd = dial(port);
-    if (!fd || !send_all(fd.get(), request)) return false;
-    ::shutdown(fd.get(), SHUT_WR);
-    return read_to_eof(fd.get(), reply);
-}
-
 // Reads `size` bytes at about `per_ms` bytes per millisecond.
 bool read_paced(int fd, Checksum& sum, uint64_t size, size_t per_ms) {
     std::unique_ptr<char[]> buf(new char[per_ms]);
@@ -225,10 +202,7 @@ TEST_CASE("a client sending 200 MB to a slow upstream delivers every byte while 
         if (!read_paced(fd, sum, 8ull << 20, 16 * 1024)) return;
         std::this_thread::sleep_for(300ms);
         if (!read_to_eof(fd, sum)) return;
-        char line[64];
-        int n = snprintf(line, sizeof line, "%llu %016llx\n", static_cast<unsigned long long>(sum.bytes()),
-                         static_cast<unsigned long long>(sum.value()));
-        send_all(fd, line, static_cast<size_t>(n));
+        send_all(fd, digest_line(sum));
         ::shutdown(fd, SHUT_WR);
     });
     Server warm_up(digest);
@@ -267,10 +241,7 @@ TEST_CASE("a client sending 200 MB to a slow upstream delivers every byte while 
     double seconds = std::chrono::duration<double>(Clock::now() - start).count();
     INFO("baseline RSS " << baseline << " KiB, peak " << rss.peak() << " KiB, " << seconds << " s");
     CHECK(eof);
-    char want[64];
-    snprintf(want, sizeof want, "%llu %016llx\n", static_cast<unsigned long long>(sent.bytes()),
-             static_cast<unsigned long long>(sent.value()));
-    CHECK(reply == want);
+    CHECK(reply == digest_line(sent));
     CHECK(rss.peak() > 0);
     CHECK(rss.peak() <= baseline + rss_slack_kib);
 }
@@ -282,7 +253,7 @@ TEST_CASE("a burst of 500 connections through 2 workers reaches the upstream wit
     REQUIRE(raise_own_fd_limit() >= static_cast<rlim_t>(2 * n + 200));
     PollEcho up;
     REQUIRE(up.ok());
-    Daemon d(one_rule(up.address()), {"-w", "2", "-v=false"});
+    Daemon d(one_rule({up.address()}), {"-w", "2", "-v=false"});
     uint16_t port = d.port("r");
     REQUIRE(port != 0);
     REQUIRE(d.workers(2).size() == 2);
@@ -310,7 +281,7 @@ TEST_CASE("2,000 idle connections are held open at once, all still work, and eve
     REQUIRE(raise_own_fd_limit() >= static_cast<rlim_t>(2 * n + 200));
     PollEcho up;
     REQUIRE(up.ok());
-    Daemon d(one_rule(up.address()), {"-w", "2", "-v=false"});
+    Daemon d(one_rule({up.address()}), {"-w", "2", "-v=false"});
     uint16_t port = d.port("r");
     REQUIRE(port != 0);
     std::vector<pid_t> workers = d.workers(2);
@@ -367,7 +338,7 @@ TEST_CASE("500 clients resetting at once leave the daemon serving and no descrip
     REQUIRE(raise_own_fd_limit() >= static_cast<rlim_t>(2 * n + 200));
     PollEcho up;
     REQUIRE(up.ok());
-    Daemon d(one_rule(up.address()), {"-w", "2", "-v=false"});
+    Daemon d(one_rule({up.address()}), {"-w", "2", "-v=false"});
     uint16_t port = d.port("r");
     REQUIRE(port != 0);
     std::vector<pid_t> workers = d.workers(2);

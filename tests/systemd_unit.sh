@@ -37,17 +37,11 @@ check "ExecReload: mixctl -check first, then kill -HUP \$MAINPID" \
 
 # ---- a mixctl to point the unit at ------------------------------------------------------------------------
 BUILD="$T_ROOT/build/static"
-if ! timeout 600 make -s -C "$T_ROOT" static O="$BUILD" >"$T_TMP/make.log" 2>&1; then
-    grep -v "statically linked applications requires\|in function" "$T_TMP/make.log" | tail -n 30
-    die "make static failed"
-fi
+build_static "$BUILD"
 BIN="$BUILD/mixctl"
 mkdir -p "$T_TMP/man/man8"
 cp "$T_ROOT/mixctl.8" "$T_TMP/man/man8/mixctl.8"
-python3 "$T_ROOT/tests/tcp_check.py" serve "$T_TMP/upstream.port" 120 &
-started $!
-wait_for 20 test -s "$T_TMP/upstream.port" || die "the python3 upstream did not start"
-upstream=$(cat "$T_TMP/upstream.port")
+start_upstream 120
 # A fixed port, so that a reload keeps the same listener.
 listen=$(python3 "$T_ROOT/tests/tcp_check.py" freeport)
 printf 'rules:\n- name: unit\n  from: 127.0.0.1:%s\n  to: 127.0.0.1:%s\n' "$listen" "$upstream" >"$T_TMP/rules.yaml"
