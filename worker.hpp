@@ -90,6 +90,9 @@ public:
             now_ = Clock::now();
             handle_control();
             handle_connections();
+            // Handling the ready sockets can take a while on a busy machine;
+            // a dial deadline must count from the accept, not from poll().
+            now_ = Clock::now();
             handle_listeners();
         }
     }

@@ -403,7 +403,7 @@ TEST_CASE("a worker held back by the balance with 1,000 idle connections does no
     REQUIRE(raise_own_fd_limit() >= static_cast<rlim_t>(2 * n + 200));
     PollEcho up;
     REQUIRE(up.ok());
-    Daemon d(one_rule(up.address()), {"-w", "2", "-v=false"});
+    Daemon d(one_rule({up.address()}), {"-w", "2", "-v=false"});
     uint16_t port = d.port("r");
     REQUIRE(port != 0);
     std::vector<pid_t> workers = d.workers(2);
