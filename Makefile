@@ -36,13 +36,17 @@ SLIM     := -ffunction-sections -fdata-sections -Wl,--gc-sections
 # drops the landing pads and the unwind tables of mixctl's own code, and
 # MIXCTL_STATIC swaps libstdc++'s terminate handler, which links the C++
 # demangler, for terminate.hpp's (same messages, type names not demangled).
-NOEH     := -fno-exceptions -fno-asynchronous-unwind-tables -DMIXCTL_STATIC
+NOEH     := -fno-exceptions -fno-asynchronous-unwind-tables -fno-unwind-tables -DMIXCTL_STATIC
+# A static executable is not position-independent (-static links no PIE), so
+# its code need not be either (Debian's compilers default to -fPIE); on MIPS,
+# -mplt then calls functions directly instead of through the GOT.
+NOPIE     = -fno-pie$(if $(findstring mips,$(shell $(CXX) -dumpmachine 2>/dev/null)), -mplt)
 BIN      := $(O)/mixctl
 # 64-bit atomics on 32-bit MIPS come from libatomic (linked only where used).
 ATOMIC   ?= -Wl,--as-needed -latomic
 # The static build optimises for size, unless CXXFLAGS is given.
 STATIC_OPT = $(if $(filter file,$(origin CXXFLAGS)),-Os,$(CXXFLAGS))
-BUILD    = $(WARN) $(if $(STATIC),$(STATIC_OPT) $(SLIM) $(NOEH) -static -s,$(CXXFLAGS)) $(DEFS)
+BUILD    = $(WARN) $(if $(STATIC),$(STATIC_OPT) $(SLIM) $(NOEH) $(NOPIE) -static -s,$(CXXFLAGS)) $(DEFS)
 
 all: $(BIN)
 
