@@ -38,12 +38,23 @@ TEST_HEADERS := $(wildcard tests/*.hpp)
 CATCH    := /usr/include/catch2/catch.hpp
 TESTS    := $(patsubst %.cpp,%.o,$(wildcard tests/*_test.cpp))
 SLIM     := -ffunction-sections -fdata-sections -Wl,--gc-sections
+# The static build also leaves out C++ exception support: mixctl catches
+# none, so an exception (only the library throws one: std::bad_alloc when
+# memory runs out) ends it through std::terminate with or without it. That
+# drops the landing pads and the unwind tables of mixctl's own code, and
+# MIXCTL_STATIC swaps libstdc++'s terminate handler, which links the C++
+# demangler, for terminate.hpp's (same messages, type names not demangled).
+NOEH     := -fno-exceptions -fno-asynchronous-unwind-tables -fno-unwind-tables -DMIXCTL_STATIC
+# A static executable is not position-independent (-static links no PIE), so
+# its code need not be either (Debian's compilers default to -fPIE); on MIPS,
+# -mplt then calls functions directly instead of through the GOT.
+NOPIE     = -fno-pie$(if $(findstring mips,$(shell $(CXX) -dumpmachine 2>/dev/null)), -mplt)
 BIN      := $(O)/mixctl
 # Some toolchains put atomics in libatomic (linked only where used).
 ATOMIC   ?= -Wl,--as-needed -latomic
 # The static build optimises for size, unless CXXFLAGS is given.
 STATIC_OPT = $(if $(filter file,$(origin CXXFLAGS)),-Os,$(CXXFLAGS))
-BUILD    = $(WARN) $(if $(STATIC),$(STATIC_OPT) $(SLIM) -static -s,$(CXXFLAGS)) $(DEFS)
+BUILD    = $(WARN) $(if $(STATIC),$(STATIC_OPT) $(SLIM) $(NOEH) $(NOPIE) -static -s,$(CXXFLAGS)) $(DEFS)
 
 all: $(BIN)
 

@@ -31,6 +31,9 @@
 #include "signals.hpp"
 #include "upstreams.hpp"
 #include "worker.hpp"
+#ifdef MIXCTL_STATIC
+#include "terminate.hpp"
+#endif
 
 #ifndef MIXCTL_VERSION
 #define MIXCTL_VERSION "dev"
