@@ -7,16 +7,18 @@
 // polling the listeners until the others catch up (it looks again every
 // recheck_every_ms). The lead is wide enough that in a burst all workers
 // accept at full speed, and narrow enough that sequential connections still
-// rotate through every worker. A worker that stalls
-// stops publishing its heartbeat and drops out of the comparison after
-// `stale_after`, so it can never strand connections in the backlog.
+// rotate through every worker.
 //
-// Those timed wakeups are not free: each one makes poll() look at every
-// descriptor the worker holds (~0.3-1 us each; 10,000 idle connections made
-// a held-back worker waking every 5 ms burn a whole CPU). So a worker paces
-// them by its size - at most one wakeup per 50 us of descriptors, about 1 %
-// of a CPU - and publishes its heartbeat interval, which the others use to
-// judge when it is stale.
+// Liveness: a worker stamps the board each time round its loop. A worker
+// that has not done so for `stale_after` drops out of the comparison, so a
+// stalled (or SIGSTOPped) one can never strand connections in the backlog.
+// An idle worker needs no timed wakeup to stay counted: it polls the
+// listeners, so the next connection wakes it (poll() wakes every waiter) and
+// it stamps again before anyone could be held back on its account. Timed
+// wakeups cost poll() a look at every descriptor the worker holds (~0.5-2 us
+// each; a held-back worker with 1,000 idle connections re-polling every
+// 5 ms burned most of a CPU), so only a held-back worker has one, paced by
+// its size: at most one wakeup per 50 us of descriptors.
 //
 // The board lives in MAP_SHARED memory that the parent maps before forking.
 #pragma once
@@ -35,18 +37,15 @@ namespace balance {
 
 struct WorkerSlot {
     shared64::U64 accepted;
-    shared64::I64 heartbeat_ms;  // CLOCK_MONOTONIC, ms
+    shared64::I64 heartbeat_ms;  // CLOCK_MONOTONIC, ms: the last turn of its loop
     std::atomic<uint32_t> active{0};
-    std::atomic<uint32_t> heartbeat_every_ms{0};  // as promised by the worker
 };
 
 class Board {
 public:
     static constexpr uint64_t lead = 32;
     static constexpr int recheck_every_ms = 5;
-    static constexpr int64_t stale_after_ms = 1000;  // or 4 heartbeat intervals, if longer
-    // A worker must publish a heartbeat at least this often to count as live.
-    static constexpr int heartbeat_every_ms = 250;
+    static constexpr int64_t stale_after_ms = 1000;
 
     Board() = default;
     Board(const Board&) = delete;
@@ -77,7 +76,6 @@ public:
         slots_[worker].accepted.store(lowest == UINT64_MAX ? 0 : lowest);
         slots_[worker].active.store(0, std::memory_order_relaxed);
         slots_[worker].heartbeat_ms.store(now_ms);
-        slots_[worker].heartbeat_every_ms.store(heartbeat_every_ms, std::memory_order_relaxed);
     }
 
     // A timed wakeup every `every_ms`, unless the worker holds so many
@@ -86,10 +84,7 @@ public:
         return std::max(every_ms, static_cast<int>(std::min<size_t>(descriptors / 20, 60000)));
     }
 
-    void heartbeat(int worker, int64_t now_ms, int every_ms) {
-        slots_[worker].heartbeat_ms.store(now_ms);
-        slots_[worker].heartbeat_every_ms.store(static_cast<uint32_t>(every_ms), std::memory_order_relaxed);
-    }
+    void heartbeat(int worker, int64_t now_ms) { slots_[worker].heartbeat_ms.store(now_ms); }
 
     bool may_accept(int worker, int64_t now_ms) const {
         if (count_ <= 1) return true;
@@ -97,8 +92,7 @@ public:
         for (int i = 0; i < count_; ++i) {
             if (i == worker) continue;
             const WorkerSlot& other = slots_[i];
-            int64_t stale_after = std::max<int64_t>(stale_after_ms, 4 * int64_t{other.heartbeat_every_ms.load(std::memory_order_relaxed)});
-            if (now_ms - other.heartbeat_ms.load() > stale_after) continue;
+            if (now_ms - other.heartbeat_ms.load() > stale_after_ms) continue;
             if (mine > other.accepted.load() + lead) return false;
         }
         return true;

@@ -78,7 +78,7 @@ public:
                 abort_all();
                 return 0;
             }
-            board_.heartbeat(settings_.index, to_ms(now), paced(balance::Board::heartbeat_every_ms));
+            board_.heartbeat(settings_.index, to_ms(now));
             arm_listeners(now);
             int ready = ::poll(pollfds_.data(), pollfds_.size(), poll_timeout(now));
             if (ready < 0) {
@@ -196,12 +196,9 @@ private:
         if (paused_) wake = std::min(wake, resume_accept_);
         const std::chrono::milliseconds recheck(paced(balance::Board::recheck_every_ms));
         if (rules_full_ && !stopping_) wake = std::min(wake, now + recheck);
-        if (board_.count() > 1 && !stopping_) {
-            // Others' accept counts change without waking us: a worker held
-            // back looks again soon, one that is not keeps its heartbeat fresh.
-            bool held_back = !listening_ || rules_full_;
-            wake = std::min(wake, now + (held_back ? recheck : std::chrono::milliseconds(paced(balance::Board::heartbeat_every_ms))));
-        }
+        // Others' accept counts change without waking us: a worker held back
+        // looks again now and then (see balance.hpp).
+        if (board_.count() > 1 && !stopping_ && !listening_) wake = std::min(wake, now + recheck);
         auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(wake - now).count();
         if (wake > now + std::chrono::milliseconds(ms)) ++ms;  // round up: never wake before a deadline
         return static_cast<int>(std::max<int64_t>(0, std::min<int64_t>(ms, 3600 * 1000)));
