@@ -275,8 +275,8 @@ def usr1_stats(pid, logf, workers, timeout=3.0):
 
 def held_back(accepted, lead=32):
     """Workers that balance.hpp keeps off the listeners (accepted more than
-    Board::lead ahead of the slowest); each re-polls every 5 ms instead of
-    every 250 ms."""
+    Board::lead ahead of the slowest); each rechecks on a timer paced by its
+    size (an idle worker that is not held back has no timed wakeup)."""
     return sum(1 for a in accepted if a > min(accepted) + lead) if accepted else None
 
 
@@ -322,8 +322,7 @@ def measure_workers(c, setup, rep, n):
                 if any(abs(active0.get(pid, -1) - k) > 1 for pid, k in fd_view.items()):
                     log("fds and SIGUSR1 disagree: fds %s, active %s" % (fd_view, active0))
         # CPU the proxy burns with the N idle connections and no load at all
-        # (mixctl with -w > 1: each worker wakes every 250 ms for its balance
-        # heartbeat, and every wakeup is a poll() over all its fds)
+        # (timed wakeups would each be a poll() over all of a worker's fds)
         all_pids = bench.tree(p.pid)
         t0, c0 = time.monotonic(), tree_cpu(all_pids)
         time.sleep(args.idle_seconds)
@@ -511,7 +510,7 @@ def run_workers(args, setup, meta, n):
     table += ("\nmedian of the repetitions; ±: half the range as % of the median; vs -w 1: us/req over mixctl -w 1's; "
               "1/W: what N/W scaling predicts;\nwrk conns per worker: how wrk's connections were spread, per "
               "repetition;\nheld back: workers balance.hpp keeps off the listener (accepted > slowest + 32; they "
-              "re-poll every 5 ms, not 250 ms), with the idle connections / during the load, per repetition;\n"
+              "recheck on a timer paced by their size), with the idle connections / during the load, per repetition;\n"
               "us/req: whole process tree; serving worker us/req: only the workers holding wrk's connections;\n"
               "idle CPU %: the proxy's CPU with the N idle connections and no load; poll()/req: from the count "
               "pass, a separate wrk run whose connections may land on other workers;\n"
