@@ -1,5 +1,5 @@
 // localtime.hpp - local time as glibc's localtime_r(3) gives it, without
-// glibc's time-zone code (which links sscanf and the strtod family: ~125 kB
+// glibc's time-zone code (which links sscanf and the strtod family: ~127 kB
 // of the static binary).
 //
 // The zone is chosen once per process, on the first call (as localtime_r
@@ -15,9 +15,15 @@
 // TZif files (RFC 8536, versions 1 to 4): the 64-bit block when the
 // version is 2 or later, its footer rule string past the last transition,
 // the first standard-time type before the first one, leap seconds (the
-// "right/" zones) applied. A DST rule string without rules ("EST5EDT" when
-// no file has that name) gets the US rules M3.2.0,M11.1.0; glibc would
-// take them from the zoneinfo file "posixrules" if there is one.
+// "right/" zones) applied.
+//
+// Where it differs from glibc 2.36: a DST rule string without change dates
+// ("CET-1CEST", when no zone file has that name) gets the US dates
+// M3.2.0,M11.1.0 at 02:00 local time, as glibc does when there is no
+// zoneinfo file "posixrules"; with one, glibc moves that file's changes by
+// the wrong amount (CET's at 13:00 UTC) and shows its own zone after its
+// last change. And past year ~5,881,000, where glibc's rule arithmetic
+// overflows an int, the DST rules are still applied as written.
 //
 // No iostreams, no exceptions, no stdio: for the static build.
 #pragma once
