@@ -25,7 +25,8 @@
 // last change. And past year ~5,881,000, where glibc's rule arithmetic
 // overflows an int, the DST rules are still applied as written.
 //
-// No iostreams, no exceptions, no stdio: for the static build.
+// No iostreams, no exceptions, no stdio: for the static build. Not for
+// threads (the zone is loaded on first use without a lock; mixctl has none).
 #pragma once
 
 #include <climits>
