@@ -1,16 +1,19 @@
 // log.hpp - log lines in the Go `log` package's shape, one write(2) per line,
-// or, with -syslog, one syslog(3) message per line.
+// or, with -syslog, one syslog message per line (syslog_client.hpp).
 //
 // Every process (parent and workers) writes to the same stderr; a single
 // write() of a line shorter than PIPE_BUF is never interleaved with another
 // process's line, and nothing is buffered, so procd/systemd see each line
 // as it happens.
 //
-// In syslog mode (facility LOG_DAEMON, ident "mixctl", LOG_PID) the
-// timestamp is left to syslogd; lines starting with "error" or holding
-// ": error" go out at LOG_ERR, lines holding "warning:" at LOG_WARNING, the
-// rest at LOG_INFO. glibc's syslog() reads the pid at each call, so a
-// worker's lines carry the worker's pid.
+// In syslog mode (facility LOG_DAEMON, ident "mixctl", each process's pid:
+// what glibc's openlog("mixctl", LOG_PID, LOG_DAEMON) and syslog() send)
+// lines starting with "error" or holding ": error" go out at LOG_ERR,
+// lines holding "warning:" at LOG_WARNING, the rest at LOG_INFO. The pid is
+// read at each message, so a worker's lines carry the worker's pid.
+//
+// Local time (the stderr timestamp, syslog's) comes from localtime.hpp,
+// not glibc's localtime_r: same result, ~127 kB less in the static build.
 #pragma once
 
 #include <chrono>
@@ -20,16 +23,17 @@
 #include <ctime>
 #include <string>
 #include <unordered_map>
-#include <syslog.h>
+#include <syslog.h>  // the LOG_* constants only
 #include <unistd.h>
+
+#include "localtime.hpp"
+#include "syslog_client.hpp"
 
 namespace mixlog {
 
 class Logger {
 public:
-    explicit Logger(bool verbose = true, bool use_syslog = false) : verbose_(verbose), syslog_(use_syslog) {
-        if (syslog_) openlog("mixctl", LOG_PID, LOG_DAEMON);
-    }
+    explicit Logger(bool verbose = true, bool use_syslog = false) : verbose_(verbose), syslog_(use_syslog) {}
 
     bool verbose() const { return verbose_; }
     void set_verbose(bool on) { verbose_ = on; }
@@ -64,7 +68,7 @@ private:
         char line[1024];
         if (syslog_) {
             if (vsnprintf(line, sizeof line, format, args) < 0) return;
-            syslog(priority_of(line), "%s", line);
+            system_syslog().send(priority_of(line), line);
             return;
         }
         size_t used = timestamp(line, sizeof line);
@@ -82,12 +86,19 @@ private:
         }
     }
 
+    // One per process (forked workers inherit the socket, as with glibc's).
+    static SyslogClient& system_syslog() {
+        static SyslogClient client("mixctl", LOG_DAEMON);
+        return client;
+    }
+
     // Go's log.LstdFlags: "2006/01/02 15:04:05 " in local time.
     static size_t timestamp(char* out, size_t size) {
-        time_t now = time(nullptr);
         struct tm local;
-        localtime_r(&now, &local);
-        return strftime(out, size, "%Y/%m/%d %H:%M:%S ", &local);
+        if (!mixtime::local_time(time(nullptr), local)) return 0;
+        int n = snprintf(out, size, "%04d/%02d/%02d %02d:%02d:%02d ", local.tm_year + 1900, local.tm_mon + 1,
+                         local.tm_mday, local.tm_hour, local.tm_min, local.tm_sec);
+        return n > 0 && static_cast<size_t>(n) < size ? static_cast<size_t>(n) : 0;
     }
 
     bool verbose_;

@@ -7,8 +7,9 @@
 #  2. Under qemu: -V prints the Makefile's version, -check passes, and a
 #     relay on loopback (2 workers) carries checksummed bytes both ways to a
 #     python3 echo upstream; SIGTERM stops it with status 0.
-#  3. The unit tests (yaml_lite, config, flags, net; not the integration
-#     tests) built for ARCH with Catch2, run under qemu.
+#  3. The unit tests (yaml_lite, config, flags, net, shared64, localtime:
+#     local time against ARCH's glibc, 32-bit time_t on arm and mipsel; not
+#     the integration tests) built for ARCH with Catch2, run under qemu.
 # Build products stay in build/cross-ARCH (the Catch2 main is compiled once);
 # everything else lives in a temp folder removed at exit. Bounded in time.
 set -u
@@ -57,7 +58,7 @@ if [ ! -f "$BUILD/catch_main.o" ] || [ "$T_ROOT/tests/catch_main.cpp" -nt "$BUIL
     echo "compiling the Catch2 main for $ARCH (once; kept in $BUILD)"
     compile "$T_ROOT/tests/catch_main.cpp" "$BUILD/catch_main.o" -std=c++17 -O0
 fi
-for name in yaml_lite config flags net shared64; do
+for name in yaml_lite config flags net shared64 localtime; do
     src="$T_ROOT/tests/${name}_test.cpp"
     [ -f "$src" ] || continue
     # shellcheck disable=SC2086
