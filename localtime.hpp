@@ -2,9 +2,8 @@
 // glibc's time-zone code (which links sscanf and the strtod family: ~127 kB
 // of the static binary).
 //
-// The zone is chosen once per process, on the first call (as localtime_r
-// does; reload() chooses again, as tzset(3) does), from TZ the way glibc
-// 2.36 reads it:
+// A TimeZone reads TZ when it is made (the Logger makes one at start, as
+// glibc reads it at the first localtime_r), the way glibc 2.36 reads it:
 //   - TZ unset: the TZif file /etc/localtime; no such file: UTC;
 //   - TZ set and empty: the file "Universal" (UTC);
 //   - TZ=[:]NAME: first the TZif file NAME (absolute) or $TZDIR/NAME
@@ -25,8 +24,7 @@
 // last change. And past year ~5,881,000, where glibc's rule arithmetic
 // overflows an int, the DST rules are still applied as written.
 //
-// No iostreams, no exceptions, no stdio: for the static build. Not for
-// threads (the zone is loaded on first use without a lock; mixctl has none).
+// No iostreams, no exceptions, no stdio: for the static build.
 #pragma once
 
 #include <climits>
@@ -426,11 +424,6 @@ inline Zone load_zone() {
     return zone;
 }
 
-inline Zone*& current() {
-    static Zone* zone = nullptr;
-    return zone;
-}
-
 // glibc's choice of type for `t` in a TZif zone, or -1 for the footer's rules.
 inline int file_type(const Zone& zone, int64_t t) {
     const std::vector<int64_t>& at = zone.transitions;
@@ -451,59 +444,65 @@ inline int file_type(const Zone& zone, int64_t t) {
 
 }  // namespace detail
 
-// Chooses the zone again from TZ (as tzset(3) does for glibc).
-inline void reload() {
-    detail::Zone*& zone = detail::current();
-    delete zone;
-    zone = new detail::Zone(detail::load_zone());
-}
+// A time zone, as localtime_r(3) would use it.
+class TimeZone {
+public:
+    // The zone TZ names now (see the top of this file).
+    static TimeZone from_environment() {
+        TimeZone zone;
+        zone.zone_ = detail::load_zone();
+        return zone;
+    }
 
-// `when` in local time, as localtime_r(&when, &out). False (out undefined)
-// when the year does not fit tm_year.
-inline bool local_time(time_t when, struct tm& out) {
-    if (detail::current() == nullptr) reload();
-    const detail::Zone& zone = *detail::current();
-    int64_t t = when;
-    int64_t correction = 0;
-    int hit = 0;
-    if (zone.from_file) {
-        int type = detail::file_type(zone, t);
-        if (type < 0 && !detail::breakdown(t, 0, out)) type = zone.transition_types.back();
-        if (type >= 0) {
-            const detail::Type& info = zone.types[static_cast<size_t>(type)];
-            out.tm_isdst = info.isdst;
-            out.tm_gmtoff = static_cast<long>(info.offset);
-            out.tm_zone = zone.names.c_str() + info.name;
+    // `when` in this zone, as localtime_r(&when, &out). False (out undefined)
+    // when the year does not fit tm_year. out.tm_zone points into this zone.
+    bool local(time_t when, struct tm& out) const {
+        const detail::Zone& zone = zone_;
+        int64_t t = when;
+        int64_t correction = 0;
+        int hit = 0;
+        if (zone.from_file) {
+            int type = detail::file_type(zone, t);
+            if (type < 0 && !detail::breakdown(t, 0, out)) type = zone.transition_types.back();
+            if (type >= 0) {
+                const detail::Type& info = zone.types[static_cast<size_t>(type)];
+                out.tm_isdst = info.isdst;
+                out.tm_gmtoff = static_cast<long>(info.offset);
+                out.tm_zone = zone.names.c_str() + info.name;
+            } else {
+                int dst = detail::rules_dst(zone.rules, t, out.tm_year + int64_t{1900});
+                out.tm_isdst = dst;
+                out.tm_gmtoff = static_cast<long>(zone.rules.rule[dst].offset);
+                out.tm_zone = zone.rules.rule[dst].name.c_str();
+            }
+            // The last leap second at or before t, and whether t is one.
+            for (size_t i = zone.leaps.size(); i-- > 0;) {
+                if (t < zone.leaps[i].when) continue;
+                correction = zone.leaps[i].correction;
+                if (t == zone.leaps[i].when && correction > (i == 0 ? 0 : zone.leaps[i - 1].correction)) {
+                    hit = 1;
+                    while (i > 0 && zone.leaps[i].when == zone.leaps[i - 1].when + 1 &&
+                           zone.leaps[i].correction == zone.leaps[i - 1].correction + 1) {
+                        ++hit;
+                        --i;
+                    }
+                }
+                break;
+            }
         } else {
+            if (!detail::breakdown(t, 0, out)) return false;
             int dst = detail::rules_dst(zone.rules, t, out.tm_year + int64_t{1900});
             out.tm_isdst = dst;
             out.tm_gmtoff = static_cast<long>(zone.rules.rule[dst].offset);
             out.tm_zone = zone.rules.rule[dst].name.c_str();
         }
-        // The last leap second at or before t, and whether t is one.
-        for (size_t i = zone.leaps.size(); i-- > 0;) {
-            if (t < zone.leaps[i].when) continue;
-            correction = zone.leaps[i].correction;
-            if (t == zone.leaps[i].when && correction > (i == 0 ? 0 : zone.leaps[i - 1].correction)) {
-                hit = 1;
-                while (i > 0 && zone.leaps[i].when == zone.leaps[i - 1].when + 1 &&
-                       zone.leaps[i].correction == zone.leaps[i - 1].correction + 1) {
-                    ++hit;
-                    --i;
-                }
-            }
-            break;
-        }
-    } else {
-        if (!detail::breakdown(t, 0, out)) return false;
-        int dst = detail::rules_dst(zone.rules, t, out.tm_year + int64_t{1900});
-        out.tm_isdst = dst;
-        out.tm_gmtoff = static_cast<long>(zone.rules.rule[dst].offset);
-        out.tm_zone = zone.rules.rule[dst].name.c_str();
-    }
-    if (!detail::breakdown(t, out.tm_gmtoff - correction, out)) return false;
-    out.tm_sec += hit;
-    return true;
+        if (!detail::breakdown(t, out.tm_gmtoff - correction, out)) return false;
+        out.tm_sec += hit;
+        return true;
 }
+
+private:
+    detail::Zone zone_;
+};
 
 }  // namespace mixtime

@@ -33,7 +33,11 @@ namespace mixlog {
 
 class Logger {
 public:
-    explicit Logger(bool verbose = true, bool use_syslog = false) : verbose_(verbose), syslog_(use_syslog) {}
+    explicit Logger(bool verbose = true, bool use_syslog = false)
+        : verbose_(verbose), syslog_(use_syslog), zone_(mixtime::TimeZone::from_environment()),
+          syslog_client_(zone_, "mixctl", LOG_DAEMON) {}
+    Logger(const Logger&) = delete;
+    Logger& operator=(const Logger&) = delete;
 
     bool verbose() const { return verbose_; }
     void set_verbose(bool on) { verbose_ = on; }
@@ -68,7 +72,7 @@ private:
         char line[1024];
         if (syslog_) {
             if (vsnprintf(line, sizeof line, format, args) < 0) return;
-            system_syslog().send(priority_of(line), line);
+            syslog_client_.send(priority_of(line), line);
             return;
         }
         size_t used = timestamp(line, sizeof line);
@@ -86,16 +90,10 @@ private:
         }
     }
 
-    // One per process (forked workers inherit the socket, as with glibc's).
-    static SyslogClient& system_syslog() {
-        static SyslogClient client("mixctl", LOG_DAEMON);
-        return client;
-    }
-
     // Go's log.LstdFlags: "2006/01/02 15:04:05 " in local time.
-    static size_t timestamp(char* out, size_t size) {
+    size_t timestamp(char* out, size_t size) const {
         struct tm local;
-        if (!mixtime::local_time(time(nullptr), local)) return 0;
+        if (!zone_.local(time(nullptr), local)) return 0;
         int n = snprintf(out, size, "%04d/%02d/%02d %02d:%02d:%02d ", local.tm_year + 1900, local.tm_mon + 1,
                          local.tm_mday, local.tm_hour, local.tm_min, local.tm_sec);
         return n > 0 && static_cast<size_t>(n) < size ? static_cast<size_t>(n) : 0;
@@ -103,6 +101,10 @@ private:
 
     bool verbose_;
     bool syslog_;
+    mixtime::TimeZone zone_;
+    // Opened on the first message; forked workers inherit the socket, as
+    // with glibc's syslog().
+    mutable SyslogClient syslog_client_;
 };
 
 // Keeps a repeated message (dial failures to one upstream, denied clients)

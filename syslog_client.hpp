@@ -28,15 +28,16 @@
 #include <unistd.h>
 
 #include "localtime.hpp"
+#include "net.hpp"
 
 namespace mixlog {
 
 class SyslogClient {
 public:
-    // `path` is the syslog socket (for tests: one of their own).
-    SyslogClient(const char* ident, int facility, const char* path = "/dev/log")
-        : ident_(ident), facility_(facility), path_(path) {}
-    ~SyslogClient() { disconnect(); }
+    // `zone` gives the timestamps' local time; `path` is the syslog socket
+    // (for tests: one of their own).
+    SyslogClient(const mixtime::TimeZone& zone, const char* ident, int facility, const char* path = "/dev/log")
+        : zone_(zone), ident_(ident), facility_(facility), path_(path) {}
     SyslogClient(const SyslogClient&) = delete;
     SyslogClient& operator=(const SyslogClient&) = delete;
 
@@ -45,12 +46,12 @@ public:
         size_t size = format(buf, sizeof buf, priority, message, time(nullptr), getpid());
         if (!connected_) connect();
         if (type_ == SOCK_STREAM) ++size;  // the NUL ends the message
-        if (!connected_ || ::send(fd_, buf, size, MSG_NOSIGNAL) < 0) {
+        if (!connected_ || ::send(fd_.get(), buf, size, MSG_NOSIGNAL) < 0) {
             if (connected_) {  // syslogd restarted, perhaps: once more on a new socket
                 disconnect();
                 connect();
             }
-            if (!connected_ || ::send(fd_, buf, size, MSG_NOSIGNAL) < 0) disconnect();
+            if (!connected_ || ::send(fd_.get(), buf, size, MSG_NOSIGNAL) < 0) disconnect();
         }
     }
 
@@ -62,7 +63,7 @@ public:
         if ((priority & 0x3f8) == 0) priority |= facility_;
         struct tm local;
         char stamp[32] = "";
-        if (mixtime::local_time(now, local)) {
+        if (zone_.local(now, local)) {
             std::snprintf(stamp, sizeof stamp, "%.3s %2d %02d:%02d:%02d ", months + 3 * local.tm_mon, local.tm_mday,
                           local.tm_hour, local.tm_min, local.tm_sec);
         }
@@ -85,18 +86,17 @@ private:
         addr.sun_family = AF_UNIX;
         std::strncpy(addr.sun_path, path_.c_str(), sizeof addr.sun_path - 1);
         for (int attempt = 0; attempt < 2; ++attempt) {
-            if (fd_ < 0) {
-                fd_ = ::socket(AF_UNIX, type_ | SOCK_CLOEXEC, 0);
-                if (fd_ < 0) return;
+            if (!fd_) {
+                fd_.reset(::socket(AF_UNIX, type_ | SOCK_CLOEXEC, 0));
+                if (!fd_) return;
             }
             int saved = errno;
-            if (::connect(fd_, reinterpret_cast<struct sockaddr*>(&addr), sizeof addr) == 0) {
+            if (::connect(fd_.get(), reinterpret_cast<struct sockaddr*>(&addr), sizeof addr) == 0) {
                 connected_ = true;
                 return;
             }
             int error = errno;
-            ::close(fd_);
-            fd_ = -1;
+            fd_.reset();
             errno = saved;
             if (error != EPROTOTYPE) return;
             type_ = type_ == SOCK_DGRAM ? SOCK_STREAM : SOCK_DGRAM;
@@ -104,15 +104,15 @@ private:
     }
 
     void disconnect() {
-        if (fd_ >= 0) ::close(fd_);
-        fd_ = -1;
+        fd_.reset();
         connected_ = false;
     }
 
+    const mixtime::TimeZone& zone_;
     std::string ident_;
     int facility_;
     std::string path_;
-    int fd_ = -1;
+    net::Fd fd_;
     int type_ = SOCK_DGRAM;
     bool connected_ = false;
 };

@@ -27,6 +27,14 @@
 
 namespace {
 
+// The zone under test, made again whenever a test changes TZ (as the
+// daemon's Logger makes one at start).
+mixtime::TimeZone& zone() {
+    static mixtime::TimeZone current = mixtime::TimeZone::from_environment();
+    return current;
+}
+void reload_zone() { zone() = mixtime::TimeZone::from_environment(); }
+
 // Sets TZ (nullptr: unsets it) for glibc and for mixtime; restores the
 // test binary's own TZ when it goes.
 class ZoneScope {
@@ -44,7 +52,7 @@ private:
         if (tz != nullptr) setenv("TZ", tz, 1);
         else unsetenv("TZ");
         tzset();
-        mixtime::reload();
+        reload_zone();
     }
     bool had_ = false;
     std::string old_;
@@ -58,13 +66,13 @@ std::string describe(const struct tm& tm) {
     return buf;
 }
 
-// "" when mixtime::local_time and localtime_r agree on `t`, else both.
+// "" when zone().local and localtime_r agree on `t`, else both.
 std::string differ(time_t t) {
     struct tm want, got;
     std::memset(&want, 0, sizeof want);
     std::memset(&got, 0, sizeof got);
     bool glibc = localtime_r(&t, &want) != nullptr;
-    bool ours = mixtime::local_time(t, got);
+    bool ours = zone().local(t, got);
     if (!glibc && !ours) return "";
     std::string a = glibc ? describe(want) : "fails";
     std::string b = ours ? describe(got) : "fails";
@@ -209,16 +217,16 @@ TEST_CASE("local time from a version 1 TZif file (32-bit times, no footer) is gl
     unlink(path);
 }
 
-TEST_CASE("the zone is read once, as localtime_r's: a TZ change shows after reload()", "[localtime]") {
+TEST_CASE("a zone keeps what TZ said when it was made: a TZ change shows in the next one", "[localtime]") {
     ZoneScope scope("UTC0");
     struct tm tm;
-    REQUIRE(mixtime::local_time(1700000000, tm));
+    REQUIRE(zone().local(1700000000, tm));
     CHECK(tm.tm_hour == 22);
     setenv("TZ", "<+03>-3", 1);
-    REQUIRE(mixtime::local_time(1700000000, tm));
+    REQUIRE(zone().local(1700000000, tm));
     CHECK(tm.tm_hour == 22);
-    mixtime::reload();
-    REQUIRE(mixtime::local_time(1700000000, tm));
+    reload_zone();
+    REQUIRE(zone().local(1700000000, tm));
     CHECK(tm.tm_hour == 1);
     CHECK(std::string(tm.tm_zone) == "+03");
 }
@@ -314,7 +322,7 @@ TEST_CASE("syslog messages are glibc's: <PRI>Mmm dd hh:mm:ss mixctl[PID]: line, 
     for (const char* tz : {"Europe/Berlin", "UTC0", "<+0545>-5:45"}) {
         ZoneScope scope(tz);
         char buf[256];
-        mixlog::SyslogClient client("mixctl", LOG_DAEMON, "/nonexistent");
+        mixlog::SyslogClient client(zone(), "mixctl", LOG_DAEMON, "/nonexistent");
         // 2026-03-05 07:08:09 UTC: a one-digit day is space-padded
         for (time_t t : {time_t{1772694489}, time_t{1798761599}, time(nullptr)}) {
             size_t n = client.format(buf, sizeof buf, LOG_INFO, "Forwarding (a) from: x", t, 42);
@@ -327,7 +335,7 @@ TEST_CASE("syslog messages are glibc's: <PRI>Mmm dd hh:mm:ss mixctl[PID]: line, 
     }
     ZoneScope scope("UTC0");
     char buf[256];
-    mixlog::SyslogClient client("mixctl", LOG_DAEMON, "/nonexistent");
+    mixlog::SyslogClient client(zone(), "mixctl", LOG_DAEMON, "/nonexistent");
     size_t n = client.format(buf, sizeof buf, LOG_INFO, "x", 1772694489, 42);
     CHECK(std::string(buf, n) == "<30>Mar  5 07:08:09 mixctl[42]: x");
     std::string longer(2000, 'a');
@@ -338,7 +346,7 @@ TEST_CASE("syslog messages are glibc's: <PRI>Mmm dd hh:mm:ss mixctl[PID]: line, 
 
 TEST_CASE("syslog lines go to a datagram socket, one per message, with the sender's pid", "[syslog]") {
     LogSocket log;
-    mixlog::SyslogClient client("mixctl", LOG_DAEMON, log.path());
+    mixlog::SyslogClient client(zone(), "mixctl", LOG_DAEMON, log.path());
     time_t before = time(nullptr);
     client.send(LOG_INFO, "Forwarding (busybox) from: 127.0.0.1:1");
     client.send(LOG_ERR, "error: dial");
@@ -362,7 +370,7 @@ TEST_CASE("syslog reconnects when syslogd's socket is replaced, and waits for on
           "[syslog]") {
     LogSocket log;
     log.close_socket();
-    mixlog::SyslogClient client("mixctl", LOG_DAEMON, log.path());
+    mixlog::SyslogClient client(zone(), "mixctl", LOG_DAEMON, log.path());
     client.send(LOG_INFO, "lost");  // nobody listens: dropped
     CHECK_FALSE(client.connected());
     log.open_socket(SOCK_DGRAM);
@@ -378,7 +386,7 @@ TEST_CASE("syslog reconnects when syslogd's socket is replaced, and waits for on
 TEST_CASE("syslog falls back to a stream socket, each message ending in a NUL, when the socket is one",
           "[syslog]") {
     LogSocket log(SOCK_STREAM);
-    mixlog::SyslogClient client("mixctl", LOG_DAEMON, log.path());
+    mixlog::SyslogClient client(zone(), "mixctl", LOG_DAEMON, log.path());
     time_t before = time(nullptr);
     client.send(LOG_INFO, "one");
     client.send(LOG_WARNING, "warning: two");
