@@ -94,8 +94,8 @@ private:
     size_t timestamp(char* out, size_t size) const {
         struct tm local;
         if (!zone_.local(time(nullptr), local)) return 0;
-        int n = snprintf(out, size, "%04d/%02d/%02d %02d:%02d:%02d ", local.tm_year + 1900, local.tm_mon + 1,
-                         local.tm_mday, local.tm_hour, local.tm_min, local.tm_sec);
+        int n = snprintf(out, size, "%04lld/%02d/%02d %02d:%02d:%02d ", static_cast<long long>(local.tm_year) + 1900,
+                         local.tm_mon + 1, local.tm_mday, local.tm_hour, local.tm_min, local.tm_sec);
         return n > 0 && static_cast<size_t>(n) < size ? static_cast<size_t>(n) : 0;
     }
 

@@ -60,8 +60,8 @@ private:
 
 std::string describe(const struct tm& tm) {
     char buf[160];
-    std::snprintf(buf, sizeof buf, "%d-%02d-%02d %02d:%02d:%02d wday=%d yday=%d isdst=%d gmtoff=%ld zone=%s",
-                  tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, tm.tm_wday,
+    std::snprintf(buf, sizeof buf, "%lld-%02d-%02d %02d:%02d:%02d wday=%d yday=%d isdst=%d gmtoff=%ld zone=%s",
+                  static_cast<long long>(tm.tm_year) + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, tm.tm_wday,
                   tm.tm_yday, tm.tm_isdst, tm.tm_gmtoff, tm.tm_zone ? tm.tm_zone : "(null)");
     return buf;
 }
