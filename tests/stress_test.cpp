@@ -140,6 +140,26 @@ bool read_paced(int fd, Checksum& sum, uint64_t size, size_t per_ms) {
 constexpr uint64_t big = 200ull << 20;   // 200 MiB
 constexpr long rss_slack_kib = 4 * 1024; // the relay parks at most 32 KiB per direction
 
+// Room for n clients' descriptors, a -w 2 daemon in front of a PollEcho
+// upstream, and both workers up: the setup of the tests below.
+struct TwoWorkersOverEcho {
+    explicit TwoWorkersOverEcho(int n)
+        : fd_room(raise_own_fd_limit() >= static_cast<rlim_t>(2 * n + 200)),
+          d(one_rule({up.address()}), {"-w", "2", "-v=false"}) {
+        REQUIRE(fd_room);
+        REQUIRE(up.ok());
+        port = d.port("r");
+        REQUIRE(port != 0);
+        workers = d.workers(2);
+        REQUIRE(workers.size() == 2);
+    }
+    bool fd_room;
+    PollEcho up;
+    Daemon d;
+    uint16_t port = 0;
+    std::vector<pid_t> workers;
+};
+
 }  // namespace
 
 TEST_CASE("a slow reader gets all 200 MB from a fast upstream while the worker's memory stays flat", "[stress]") {
@@ -250,13 +270,9 @@ TEST_CASE("a burst of 500 connections through 2 workers reaches the upstream wit
     // The workers share the listener; however they take turns, a burst
     // must not wait on timers: 500 connects on loopback take milliseconds.
     const int n = 500;
-    REQUIRE(raise_own_fd_limit() >= static_cast<rlim_t>(2 * n + 200));
-    PollEcho up;
-    REQUIRE(up.ok());
-    Daemon d(one_rule({up.address()}), {"-w", "2", "-v=false"});
-    uint16_t port = d.port("r");
-    REQUIRE(port != 0);
-    REQUIRE(d.workers(2).size() == 2);
+    TwoWorkersOverEcho f(n);
+    PollEcho& up = f.up;
+    const uint16_t port = f.port;
     std::vector<net::Fd> clients;
     Clock::time_point start = Clock::now();
     for (int i = 0; i < n; ++i) {
@@ -278,14 +294,11 @@ TEST_CASE("a burst of 500 connections through 2 workers reaches the upstream wit
 
 TEST_CASE("2,000 idle connections are held open at once, all still work, and every descriptor is freed", "[stress]") {
     const int n = 2000;
-    REQUIRE(raise_own_fd_limit() >= static_cast<rlim_t>(2 * n + 200));
-    PollEcho up;
-    REQUIRE(up.ok());
-    Daemon d(one_rule({up.address()}), {"-w", "2", "-v=false"});
-    uint16_t port = d.port("r");
-    REQUIRE(port != 0);
-    std::vector<pid_t> workers = d.workers(2);
-    REQUIRE(workers.size() == 2);
+    TwoWorkersOverEcho f(n);
+    PollEcho& up = f.up;
+    Daemon& d = f.d;
+    const uint16_t port = f.port;
+    const std::vector<pid_t> workers = f.workers;
     std::vector<int> baseline;
     for (pid_t w : workers) baseline.push_back(settled_fd_count(w));
     const int parent_baseline = fd_count(d.pid());
@@ -335,14 +348,11 @@ TEST_CASE("2,000 idle connections are held open at once, all still work, and eve
 
 TEST_CASE("500 clients resetting at once leave the daemon serving and no descriptor behind", "[stress]") {
     const int n = 500;
-    REQUIRE(raise_own_fd_limit() >= static_cast<rlim_t>(2 * n + 200));
-    PollEcho up;
-    REQUIRE(up.ok());
-    Daemon d(one_rule({up.address()}), {"-w", "2", "-v=false"});
-    uint16_t port = d.port("r");
-    REQUIRE(port != 0);
-    std::vector<pid_t> workers = d.workers(2);
-    REQUIRE(workers.size() == 2);
+    TwoWorkersOverEcho f(n);
+    PollEcho& up = f.up;
+    Daemon& d = f.d;
+    const uint16_t port = f.port;
+    const std::vector<pid_t> workers = f.workers;
     std::vector<int> baseline;
     for (pid_t w : workers) baseline.push_back(settled_fd_count(w));
 
@@ -400,14 +410,10 @@ TEST_CASE("idle workers holding 1,000 connections sleep: a held-back one wakes a
     // look at its 2,000 sockets. Paced, that is a few wakeups a second, not
     // one every 5 ms.
     const int n = 1000;
-    REQUIRE(raise_own_fd_limit() >= static_cast<rlim_t>(2 * n + 200));
-    PollEcho up;
-    REQUIRE(up.ok());
-    Daemon d(one_rule({up.address()}), {"-w", "2", "-v=false"});
-    uint16_t port = d.port("r");
-    REQUIRE(port != 0);
-    std::vector<pid_t> workers = d.workers(2);
-    REQUIRE(workers.size() == 2);
+    TwoWorkersOverEcho f(n);
+    PollEcho& up = f.up;
+    const uint16_t port = f.port;
+    const std::vector<pid_t> workers = f.workers;
     REQUIRE(::kill(workers[1], SIGSTOP) == 0);
     std::vector<net::Fd> clients;
     for (int i = 0; i < n; ++i) {
