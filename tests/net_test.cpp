@@ -5,6 +5,22 @@
 
 #include "net.hpp"
 
+namespace {
+
+// A listener on 127.0.0.1 at a port the kernel picks; `bound` is where.
+net::Fd loopback_listener(net::SockAddr& bound) {
+    net::HostPort hp{"127.0.0.1", 0};
+    std::vector<net::SockAddr> addrs;
+    std::string error;
+    REQUIRE(net::resolve(hp, true, addrs, error));
+    net::Fd listener = net::listen_on(addrs[0], 16, error);
+    REQUIRE(listener);
+    REQUIRE(net::local_address(listener.get(), bound));
+    return listener;
+}
+
+}  // namespace
+
 TEST_CASE("host:port forms parse to host and port", "[net]") {
     struct Case {
         const char* text;
@@ -98,14 +114,8 @@ TEST_CASE("an empty host listens on the IPv6 wildcard first", "[net]") {
 }
 
 TEST_CASE("listen, nonblocking dial and accept work on loopback", "[net]") {
-    net::HostPort hp{"127.0.0.1", 0};
-    std::vector<net::SockAddr> addrs;
-    std::string error;
-    REQUIRE(net::resolve(hp, true, addrs, error));
-    net::Fd listener = net::listen_on(addrs[0], 16, error);
-    REQUIRE(listener);
     net::SockAddr bound;
-    REQUIRE(net::local_address(listener.get(), bound));
+    net::Fd listener = loopback_listener(bound);
     CHECK(bound.port() != 0);
 
     net::Fd client;
@@ -126,14 +136,8 @@ TEST_CASE("listen, nonblocking dial and accept work on loopback", "[net]") {
 
 // The worker skips tuning accepted sockets where they inherit it.
 TEST_CASE("accepted and dialed sockets have TCP_NODELAY and SO_KEEPALIVE", "[net]") {
-    net::HostPort hp{"127.0.0.1", 0};
-    std::vector<net::SockAddr> addrs;
-    std::string error;
-    REQUIRE(net::resolve(hp, true, addrs, error));
-    net::Fd listener = net::listen_on(addrs[0], 16, error);
-    REQUIRE(listener);
     net::SockAddr bound;
-    REQUIRE(net::local_address(listener.get(), bound));
+    net::Fd listener = loopback_listener(bound);
     net::Fd client;
     int rc = net::dial_start(bound, client);
     REQUIRE((rc == 0 || rc == EINPROGRESS));
@@ -156,15 +160,8 @@ TEST_CASE("accepted and dialed sockets have TCP_NODELAY and SO_KEEPALIVE", "[net
 }
 
 TEST_CASE("dialing a closed port reports connection refused", "[net]") {
-    net::HostPort hp{"127.0.0.1", 0};
-    std::vector<net::SockAddr> addrs;
-    std::string error;
-    REQUIRE(net::resolve(hp, true, addrs, error));
     net::SockAddr closed;
-    {
-        net::Fd listener = net::listen_on(addrs[0], 16, error);
-        REQUIRE(net::local_address(listener.get(), closed));
-    }  // closed again: nothing listens on that port now
+    loopback_listener(closed);  // closed again at once: nothing listens on that port now
     net::Fd client;
     int rc = net::dial_start(closed, client);
     if (rc == EINPROGRESS) {
@@ -177,13 +174,9 @@ TEST_CASE("dialing a closed port reports connection refused", "[net]") {
 }
 
 TEST_CASE("binding a port in use names the address and the reason", "[net]") {
-    net::HostPort hp{"127.0.0.1", 0};
-    std::vector<net::SockAddr> addrs;
-    std::string error;
-    REQUIRE(net::resolve(hp, true, addrs, error));
-    net::Fd first = net::listen_on(addrs[0], 16, error);
     net::SockAddr bound;
-    REQUIRE(net::local_address(first.get(), bound));
+    net::Fd first = loopback_listener(bound);
+    std::string error;
     net::Fd second = net::listen_on(bound, 16, error);
     CHECK_FALSE(second);
     CHECK(error == "bind " + bound.text() + ": address already in use");
