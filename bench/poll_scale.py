@@ -138,6 +138,19 @@ def wrk(setup, port, seconds, proxy_pid, res):
         setup.args.duration = keep
 
 
+def record_wrk(point, r, res):
+    """Puts one timed wrk run's figures (r: wrk()'s result, res: its noise
+    samples) into a measurement point."""
+    if r:
+        point.update({"cpu_us": r.get("cpu_us"), "rate": r["rate"], "p50_us": r["p50_us"],
+                      "p99_us": r["p99_us"], "requests": r["requests"], "errors": r["errors"]})
+        for key, src in (("runq_wait_pct", "_wait"), ("other_pct", "_other")):
+            if res.get(src):
+                point[key] = res[src][-1]
+    if point.get("cpu_us") and point.get("wait_per_req"):
+        point["us_per_wait"] = point["cpu_us"] / point["wait_per_req"]
+
+
 def user_sys(root):
     """(utime, stime) seconds of the process tree (children reaped included)."""
     u = s = 0
@@ -193,14 +206,7 @@ def measure(kind, setup, rep, counts):
             us1 = user_sys(p.pid)
             if us1[0] + us1[1] > us0[0] + us0[1]:
                 point["sys_pct"] = (us1[1] - us0[1]) / (us1[0] + us1[1] - us0[0] - us0[1]) * 100
-            if r:
-                point.update({"cpu_us": r.get("cpu_us"), "rate": r["rate"], "p50_us": r["p50_us"],
-                              "p99_us": r["p99_us"], "requests": r["requests"], "errors": r["errors"]})
-                for key, src in (("runq_wait_pct", "_wait"), ("other_pct", "_other")):
-                    if res.get(src):
-                        point[key] = res[src][-1]
-            if point.get("cpu_us") and point.get("wait_per_req"):
-                point["us_per_wait"] = point["cpu_us"] / point["wait_per_req"]
+            record_wrk(point, r, res)
             log("%s rep %d N=%d: %s" % (kind, rep + 1, got, ", ".join(
                 "%s %.3g" % (k, point[k]) for k in ("cpu_us", "rate", "p99_us", "wait_per_req") if k in point)))
             out[n] = point
@@ -367,14 +373,7 @@ def measure_workers(c, setup, rep, n):
                         # CPU of the workers holding wrk's connections only:
                         # what a request costs where it is relayed
                         point["serving_cpu_us"] = sum(x for _, x in serving) * 1e6 / r["requests"]
-        if r:
-            point.update({"cpu_us": r.get("cpu_us"), "rate": r["rate"], "p50_us": r["p50_us"],
-                          "p99_us": r["p99_us"], "requests": r["requests"], "errors": r["errors"]})
-            for key, src in (("runq_wait_pct", "_wait"), ("other_pct", "_other")):
-                if res.get(src):
-                    point[key] = res[src][-1]
-        if point.get("cpu_us") and point.get("wait_per_req"):
-            point["us_per_wait"] = point["cpu_us"] / point["wait_per_req"]
+        record_wrk(point, r, res)
         spread = point.get("idle_per_worker")
         log("%s rep %d N=%d: %s%s" % (config_label(c), rep + 1, got, ", ".join(
             "%s %.3g" % (k, point[k]) for k in ("cpu_us", "serving_cpu_us", "rate", "p99_us", "wait_per_req",
@@ -853,14 +852,9 @@ def run(args):
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def on_signal(number, frame):
-    signal.signal(number, signal.SIG_IGN)
-    raise KeyboardInterrupt("signal %d" % number)
-
-
 if __name__ == "__main__":
     for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(s, on_signal)
+        signal.signal(s, bench.on_signal)
     try:
         main()
     except KeyboardInterrupt as e:
