@@ -1,14 +1,21 @@
-// The flag list must agree across the three places a user reads it: the
-// usage `mixctl -h` prints (run for real), README.md's flag table and the
-// OPTIONS of mixctl.8; so must the defaults. The man page must also carry
-// its sections and the Makefile's version.
+// The docs say what the code does. Flags: the usage `mixctl -h` prints
+// (run for real), the flag tables of README.md and docs/configuration.md and
+// the OPTIONS of mixctl.8 list the same flags with the same defaults. Config
+// keys: every key the parser accepts (read out of config*.hpp, confirmed by
+// running `mixctl -check`) is in docs/configuration.md's key tables and in
+// mixctl.8, and nothing else is. Examples: every ```yaml block of README.md
+// and docs/*.md passes `mixctl -check`, or fails with the error its marker
+// shows. Headers: each opens with what it owns and what it must not touch.
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cstdio>
 #include <map>
 #include <set>
 #include <string>
 #include <vector>
+
+#include <dirent.h>
 
 #include "harness.hpp"
 
@@ -168,41 +175,48 @@ Man parse_man(const std::string& text) {
 
 }  // namespace
 
-TEST_CASE("mixctl -h, the README flag table and mixctl.8 list the same flags", "[docs]") {
+// The pages with a "## Flags" table of every flag.
+const char* const flag_table_pages[] = {"README.md", "docs/configuration.md"};
+
+TEST_CASE("mixctl -h, the flag tables of the docs and mixctl.8 list the same flags", "[docs]") {
     harness::RunResult r = harness::run({"-h"});
     REQUIRE(r.exit.code == 0);
     Usage usage = parse_usage(r.err);
-    Table readme = parse_readme(read_text("README.md"));
     Man man = parse_man(read_text("mixctl.8"));
     REQUIRE(usage.names.size() >= 8);
 
-    // Go's usage never lists -h and -help; the two documents do.
+    // Go's usage never lists -h and -help; the documents do.
     Names expected = usage.names;
     expected.insert("h");
     expected.insert("help");
     INFO("mixctl -h:  " << show(usage.names));
-    INFO("README.md:  " << show(readme.names));
     INFO("mixctl.8:   " << show(man.names));
-    CHECK(readme.names == expected);
     CHECK(man.names == expected);
     CHECK(usage.names.count("syslog") == 1);
+    for (const char* page : flag_table_pages) {
+        Table table = parse_readme(read_text(page));
+        INFO(page << ": " << show(table.names));
+        CHECK(table.names == expected);
+    }
 }
 
-TEST_CASE("every default mixctl -h shows is the one README and mixctl.8 give", "[docs]") {
+TEST_CASE("every default mixctl -h shows is the one the flag tables and mixctl.8 give", "[docs]") {
     harness::RunResult r = harness::run({"-h"});
     REQUIRE(r.exit.code == 0);
     Usage usage = parse_usage(r.err);
-    Table readme = parse_readme(read_text("README.md"));
     Man man = parse_man(read_text("mixctl.8"));
     REQUIRE(usage.defaults.count("t") == 1);
-    for (const auto& entry : usage.defaults) {
-        const std::string& flag = entry.first;
-        const std::string& value = entry.second;
-        INFO("-" << flag << ": mixctl -h says (default " << value << ")");
-        INFO("README: " << readme.defaults[flag]);
-        INFO("mixctl.8: " << man.text[flag]);
-        CHECK(readme.defaults[flag] == value);
-        CHECK(man.text[flag].find("(default " + value) != std::string::npos);
+    for (const char* page : flag_table_pages) {
+        Table table = parse_readme(read_text(page));
+        for (const auto& entry : usage.defaults) {
+            const std::string& flag = entry.first;
+            const std::string& value = entry.second;
+            INFO("-" << flag << ": mixctl -h says (default " << value << ")");
+            INFO(page << ": " << table.defaults[flag]);
+            INFO("mixctl.8: " << man.text[flag]);
+            CHECK(table.defaults[flag] == value);
+            CHECK(man.text[flag].find("(default " + value) != std::string::npos);
+        }
     }
 }
 
@@ -238,4 +252,421 @@ TEST_CASE("the parsers see through the markup they are given", "[docs]") {
     Man m = parse_man("x\n.SH OPTIONS\n.TP\n.BR \\-version \", \" \\-V\nPrint.\n.TP\n.BI \\-t \" duration\"\nTimeout (default\n.BR 1.5s ).\n.SH NEXT\n.TP\n.B \\-zzz\n");
     CHECK(m.names == Names{"version", "V", "t"});
     CHECK(m.text["t"].find("(default 1.5s") != std::string::npos);
+}
+
+namespace {
+
+// ---- files ----------------------------------------------------------------------------
+
+bool ends_with(const std::string& text, const std::string& suffix) {
+    return text.size() >= suffix.size() && text.compare(text.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+// The names of the files in `dir` that end in `suffix`, sorted.
+std::vector<std::string> files_in(const std::string& dir, const std::string& suffix) {
+    std::vector<std::string> names;
+    if (DIR* d = opendir(dir.c_str())) {
+        while (dirent* e = readdir(d)) {
+            std::string name = e->d_name;
+            if (name[0] != '.' && ends_with(name, suffix)) names.push_back(name);
+        }
+        closedir(d);
+    }
+    std::sort(names.begin(), names.end());
+    return names;
+}
+
+// README.md and every page under docs/.
+std::vector<std::string> doc_pages() {
+    std::vector<std::string> pages{"README.md"};
+    for (const std::string& name : files_in("docs", ".md")) pages.push_back("docs/" + name);
+    return pages;
+}
+
+// ---- config keys: what the parser accepts ---------------------------------------------
+
+// The config layer (config.hpp, and any config_*.hpp it grows into) reads
+// a mapping by comparing each key with a literal: `entry.key == "strategy"`,
+// `key == "health_check"`, `entry.key != "version"`. Those literals are the
+// keys it accepts; reading them out of the source keeps this list from
+// drifting. The test below confirms each one by running mixctl -check.
+Names keys_in_source(const std::string& text) {
+    Names keys;
+    for (const std::string op : {"key == \"", "key != \""}) {
+        for (size_t at = text.find(op); at != std::string::npos; at = text.find(op, at + 1)) {
+            size_t start = at + op.size();
+            size_t end = text.find('"', start);
+            if (end != std::string::npos && end > start) keys.insert(text.substr(start, end - start));
+        }
+    }
+    return keys;
+}
+
+Names parser_keys() {
+    Names keys;
+    for (const std::string& file : files_in(".", ".hpp"))
+        if (starts_with(file, "config"))
+            for (const std::string& key : keys_in_source(read_text(file))) keys.insert(key);
+    return keys;
+}
+
+// Places a key can sit in a rules file, KEY marking the spot: each is a
+// valid file around it, so a key mixctl does not know there draws
+// `unknown key "KEY"` and one it knows does not.
+struct Context {
+    const char* name;
+    const char* text;
+};
+const Context key_contexts[] = {
+    {"top level", "KEY: x\nrules:\n- {from: 127.0.0.1:0, to: [127.0.0.1:1]}\n"},
+    {"defaults", "defaults: {KEY: x}\nrules:\n- {from: 127.0.0.1:0, to: [127.0.0.1:1]}\n"},
+    {"rule", "rules:\n- {from: 127.0.0.1:0, to: [127.0.0.1:1], KEY: x}\n"},
+    {"upstream", "rules:\n- {from: 127.0.0.1:0, to: [{address: 127.0.0.1:1, KEY: x}]}\n"},
+    {"health_check", "rules:\n- {from: 127.0.0.1:0, to: [127.0.0.1:1], health_check: {KEY: x}}\n"},
+};
+
+std::string with_key(const std::string& text, const std::string& key) {
+    std::string out = text;
+    out.replace(out.find("KEY"), 3, key);
+    return out;
+}
+
+// The keys a context's own text uses (`rules`, `from`, ...): a name right
+// after the start, a newline, a space or a '{', and before a ':'.
+Names keys_of_context(const std::string& text) {
+    Names keys;
+    for (size_t colon = text.find(':'); colon != std::string::npos; colon = text.find(':', colon + 1)) {
+        size_t start = colon;
+        while (start > 0 && is_name_char(text[start - 1])) --start;
+        if (start == colon) continue;
+        if (start == 0 || text[start - 1] == '\n' || text[start - 1] == ' ' || text[start - 1] == '{')
+            keys.insert(text.substr(start, colon - start));
+    }
+    keys.erase("KEY");
+    return keys;
+}
+
+harness::RunResult check_text(const std::string& text) {
+    harness::TempDir dir;
+    std::string file = dir.write("rules.yaml", text);
+    harness::RunResult r = harness::run({"-check", "-f", file});
+    // Messages as a user sees them for ./rules.yaml.
+    for (std::string* s : {&r.out, &r.err})
+        for (size_t at = s->find(dir.path() + "/"); at != std::string::npos; at = s->find(dir.path() + "/", at))
+            s->erase(at, dir.path().size() + 1);
+    return r;
+}
+
+bool says_unknown(const harness::RunResult& r, const std::string& key) {
+    return r.err.find("unknown key \"" + key + "\"") != std::string::npos;
+}
+
+// ---- docs/configuration.md's key tables -------------------------------------------------
+
+// Every backquoted name in the first cell of the rows of tables whose header
+// starts "| key |".
+Names table_keys(const std::string& text) {
+    Names keys;
+    bool in_table = false;
+    for (const std::string& line : lines_of(text)) {
+        if (starts_with(line, "| key |")) {
+            in_table = true;
+            continue;
+        }
+        if (!starts_with(line, "|")) in_table = false;
+        if (!in_table || starts_with(line, "|---") || starts_with(line, "| ---")) continue;
+        std::string cell = line.substr(1, line.find('|', 1) - 1);
+        for (size_t at = cell.find('`'); at != std::string::npos; at = cell.find('`', at + 1)) {
+            size_t end = cell.find('`', at + 1);
+            if (end == std::string::npos) break;
+            keys.insert(cell.substr(at + 1, end - at - 1));
+            at = end;
+        }
+    }
+    return keys;
+}
+
+// ---- mixctl.8's CONFIGURATION: the words it sets in bold ------------------------------------
+
+// Splits a macro line's arguments, honouring "quoted strings".
+std::vector<std::string> macro_args(const std::string& line) {
+    std::vector<std::string> args;
+    size_t i = line.find(' ');
+    while (i != std::string::npos && i < line.size()) {
+        while (i < line.size() && line[i] == ' ') ++i;
+        if (i >= line.size()) break;
+        std::string arg;
+        if (line[i] == '"') {
+            size_t end = line.find('"', i + 1);
+            arg = line.substr(i + 1, end == std::string::npos ? std::string::npos : end - i - 1);
+            i = end == std::string::npos ? line.size() : end + 1;
+        } else {
+            size_t end = line.find(' ', i);
+            arg = line.substr(i, end == std::string::npos ? std::string::npos : end - i);
+            i = end;
+        }
+        args.push_back(arg);
+    }
+    return args;
+}
+
+std::string unescape(const std::string& word) {
+    std::string out;
+    for (size_t i = 0; i < word.size(); ++i) {
+        if (word[i] == '\\' && i + 1 < word.size()) {
+            out += word[++i];
+        } else {
+            out += word[i];
+        }
+    }
+    return out;
+}
+
+// .B word, the bold arguments of .BR/.BI (1st, 3rd, ...) and .RB/.IB
+// (2nd, 4th, ...), and \fBword\fR inside the text.
+Names bold_words(const std::string& text) {
+    Names words;
+    for (const std::string& line : lines_of(text)) {
+        std::vector<std::string> args = macro_args(line);
+        if (starts_with(line, ".B ")) {
+            for (const std::string& a : args) words.insert(unescape(a));
+        } else if (starts_with(line, ".BR ") || starts_with(line, ".BI ")) {
+            for (size_t k = 0; k < args.size(); k += 2) words.insert(unescape(args[k]));
+        } else if (starts_with(line, ".RB ") || starts_with(line, ".IB ")) {
+            for (size_t k = 1; k < args.size(); k += 2) words.insert(unescape(args[k]));
+        }
+        for (size_t at = line.find("\\fB"); at != std::string::npos; at = line.find("\\fB", at + 3)) {
+            size_t end = line.find("\\f", at + 3);
+            words.insert(unescape(line.substr(at + 3, end == std::string::npos ? std::string::npos : end - at - 3)));
+        }
+    }
+    return words;
+}
+
+// ---- ```yaml blocks -----------------------------------------------------------------
+
+// A block may be marked as showing a mistake: the last line before its
+// fence (blank lines aside) is `<!-- error: TEXT -->`, and mixctl -check
+// must then fail with TEXT in its messages; `<!-- warning: TEXT -->` means
+// it passes with that warning. Unmarked blocks pass with no warning.
+struct YamlBlock {
+    std::string page;
+    int line = 0;  // of the opening fence
+    std::string text;
+    std::string expect;  // "", "error" or "warning"
+    std::string message;
+};
+
+std::vector<YamlBlock> yaml_blocks(const std::string& page, const std::string& text) {
+    std::vector<YamlBlock> blocks;
+    std::vector<std::string> lines = lines_of(text);
+    std::string last;  // the last non-blank line outside a block
+    for (size_t i = 0; i < lines.size(); ++i) {
+        std::string line = lines[i];
+        while (!line.empty() && (line.back() == ' ' || line.back() == '\r')) line.pop_back();
+        if (starts_with(line, "```")) {
+            bool yaml = line == "```yaml";
+            YamlBlock block;
+            block.page = page;
+            block.line = static_cast<int>(i + 1);
+            for (const char* kind : {"error", "warning"}) {
+                std::string open = std::string("<!-- ") + kind + ": ";
+                if (starts_with(last, open) && ends_with(last, " -->")) {
+                    block.expect = kind;
+                    block.message = last.substr(open.size(), last.size() - open.size() - 4);
+                }
+            }
+            for (++i; i < lines.size() && !starts_with(lines[i], "```"); ++i) block.text += lines[i] + "\n";
+            if (yaml) blocks.push_back(block);
+            last = "```";
+            continue;
+        }
+        if (!line.empty()) last = line;
+    }
+    return blocks;
+}
+
+}  // namespace
+
+TEST_CASE("every key the config layer compares against is one mixctl -check accepts", "[docs]") {
+    Names keys = parser_keys();
+    INFO("keys read from config*.hpp: " << show(keys));
+    // The scan itself must work, or every check below would pass on nothing.
+    for (const char* known : {"rules", "from", "to", "name", "version", "strategy", "address", "interval"})
+        REQUIRE(keys.count(known) == 1);
+    // Each context is a valid file that reaches the config layer.
+    for (const Context& c : key_contexts) {
+        harness::RunResult r = check_text(with_key(c.text, "zz_not_a_key"));
+        INFO(c.name << ":\n" << r.err);
+        REQUIRE(r.exit.code == 0);
+        REQUIRE(says_unknown(r, "zz_not_a_key"));
+    }
+    for (const std::string& key : keys) {
+        bool accepted = false;
+        std::string seen;
+        for (const Context& c : key_contexts) {
+            if (keys_of_context(c.text).count(key)) {
+                accepted = true;
+                break;
+            }
+            harness::RunResult r = check_text(with_key(c.text, key));
+            seen += std::string(c.name) + ": " + r.err;
+            if (!says_unknown(r, key)) {
+                accepted = true;
+                break;
+            }
+        }
+        INFO("key " << key << "\n" << seen);
+        CHECK(accepted);
+    }
+}
+
+TEST_CASE("docs/configuration.md's key tables list exactly the keys the parser accepts", "[docs]") {
+    Names keys = parser_keys();
+    Names documented = table_keys(read_text("docs/configuration.md"));
+    INFO("parser:             " << show(keys));
+    INFO("configuration.md:   " << show(documented));
+    for (const std::string& key : keys) {
+        INFO("not in a | key | table of docs/configuration.md: " << key);
+        CHECK(documented.count(key) == 1);
+    }
+    for (const std::string& key : documented) {
+        INFO("documented but not a key the parser knows: " << key);
+        CHECK(keys.count(key) == 1);
+    }
+}
+
+TEST_CASE("mixctl.8's CONFIGURATION names every key the parser accepts", "[docs]") {
+    Names keys = parser_keys();
+    Names bold = bold_words(section(read_text("mixctl.8"), "\n.SH CONFIGURATION\n", ".SH "));
+    REQUIRE(!bold.empty());
+    for (const std::string& key : keys) {
+        INFO("not set in bold in mixctl.8's CONFIGURATION: " << key);
+        CHECK(bold.count(key) == 1);
+    }
+}
+
+TEST_CASE("every yaml example in README.md and docs/ passes mixctl -check, or fails as its marker says", "[docs]") {
+    std::vector<YamlBlock> blocks;
+    for (const std::string& page : doc_pages())
+        for (const YamlBlock& b : yaml_blocks(page, read_text(page))) blocks.push_back(b);
+    REQUIRE(blocks.size() >= 3);
+    YamlBlock example;
+    example.page = "rules.example.yaml";
+    example.line = 1;
+    example.text = read_text("rules.example.yaml");
+    blocks.push_back(example);
+    for (const YamlBlock& b : blocks) {
+        harness::RunResult r = check_text(b.text);
+        INFO(b.page << ":" << b.line << (b.expect.empty() ? "" : " (marked " + b.expect + ": " + b.message + ")")
+                    << "\n" << b.text << "mixctl -check said:\n" << r.out << r.err);
+        if (b.expect == "error") {
+            CHECK(r.exit.code == 1);
+            CHECK(r.err.find(b.message) != std::string::npos);
+        } else {
+            CHECK(r.exit.code == 0);
+            CHECK(r.out.find("configuration OK") != std::string::npos);
+            if (b.expect == "warning") CHECK(r.err.find(b.message) != std::string::npos);
+            else CHECK(r.err.find("warning") == std::string::npos);
+        }
+    }
+}
+
+TEST_CASE("the key, bold-word and yaml-block readers see through their markup", "[docs]") {
+    CHECK(keys_in_source("if (entry.key == \"a_b\") x; else if (key == \"c\") y; if (e.key != \"v\")") ==
+          Names{"a_b", "c", "v"});
+    CHECK(keys_of_context("defaults: {KEY: x}\nrules:\n- {from: 127.0.0.1:0, to: [{address: 1.2.3.4:5}]}\n") ==
+          Names{"defaults", "rules", "from", "to", "address"});
+    CHECK(table_keys("| key | default |\n|---|---|\n| `a` | 1 |\n| `b`, `c` | |\n\n| `d` | |\n| flag | x |\n| `-e` | |\n") ==
+          Names{"a", "b", "c"});
+    CHECK(bold_words(".TP\n.B max_fails\n.BR allow \", \" deny\nsee \\fBhealth_check\\fR and\n.RB [ \\-f ]\n") ==
+          Names{"max_fails", "allow", "deny", "health_check", "-f"});
+    std::vector<YamlBlock> b = yaml_blocks("p.md", "x\n```yaml\na: 1\n```\n<!-- error: bad thing -->\n\n```yaml\nb: 2\n```\n"
+                                                    "```sh\nc\n```\n<!-- warning: w -->\n```yaml\nd: 3\n```\n");
+    REQUIRE(b.size() == 3);
+    CHECK(b[0].text == "a: 1\n");
+    CHECK(b[0].expect.empty());
+    CHECK(b[1].line == 7);
+    CHECK(b[1].expect == "error");
+    CHECK(b[1].message == "bad thing");
+    CHECK(b[2].expect == "warning");
+    CHECK(b[2].message == "w");
+}
+
+namespace {
+
+// GitHub's anchor for a heading: lower case, spaces to '-', punctuation
+// other than '-' and '_' dropped.
+std::string anchor_of(const std::string& heading) {
+    std::string out;
+    for (char c : heading) {
+        if (c >= 'A' && c <= 'Z') out += static_cast<char>(c - 'A' + 'a');
+        else if (is_name_char(c) || c == '-') out += c;
+        else if (c == ' ') out += '-';
+    }
+    return out;
+}
+
+Names anchors_in(const std::string& text) {
+    Names anchors;
+    bool in_fence = false;
+    for (const std::string& line : lines_of(text)) {
+        if (starts_with(line, "```")) in_fence = !in_fence;
+        if (in_fence || !starts_with(line, "#")) continue;
+        size_t start = line.find_first_not_of('#');
+        if (start == std::string::npos || line[start] != ' ') continue;
+        anchors.insert(anchor_of(line.substr(start + 1)));
+    }
+    return anchors;
+}
+
+// The targets of [text](target) links that stay in the repository.
+std::vector<std::string> local_links(const std::string& text) {
+    std::vector<std::string> links;
+    for (size_t at = text.find("]("); at != std::string::npos; at = text.find("](", at + 2)) {
+        size_t end = text.find(')', at + 2);
+        if (end == std::string::npos) break;
+        std::string target = text.substr(at + 2, end - at - 2);
+        if (target.find("://") != std::string::npos || starts_with(target, "mailto:") || target.find(' ') != std::string::npos)
+            continue;
+        links.push_back(target);
+    }
+    return links;
+}
+
+bool is_directory(const std::string& path) {
+    DIR* d = opendir(path.c_str());
+    if (d) closedir(d);
+    return d != nullptr;
+}
+
+std::string directory_of(const std::string& path) {
+    size_t slash = path.rfind('/');
+    return slash == std::string::npos ? std::string() : path.substr(0, slash + 1);
+}
+
+}  // namespace
+
+TEST_CASE("every link between the docs reaches a file, and a heading when it names one", "[docs]") {
+    size_t checked = 0;
+    std::vector<std::string> pages = doc_pages();
+    for (const std::string& name : files_in("bench", ".md")) pages.push_back("bench/" + name);
+    for (const std::string& page : pages) {
+        std::string text = read_text(page);
+        for (const std::string& link : local_links(text)) {
+            size_t hash = link.find('#');
+            std::string file = link.substr(0, hash);
+            std::string target = file.empty() ? page : directory_of(page) + file;
+            std::string body = read_text(target);
+            INFO(page << " links to " << link << " (" << target << ")");
+            bool exists = !body.empty() || is_directory(target);
+            CHECK(exists);
+            if (hash != std::string::npos && exists) CHECK(anchors_in(body).count(link.substr(hash + 1)) == 1);
+            ++checked;
+        }
+    }
+    CHECK(checked >= 3);
+    CHECK(anchor_of("Side by side with HAProxy and nginx `stream`") == "side-by-side-with-haproxy-and-nginx-stream");
+    CHECK(local_links("see [a](docs/a.md#x), [b](https://e.org/) and [c](#y)") ==
+          std::vector<std::string>{"docs/a.md#x", "#y"});
 }
