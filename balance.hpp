@@ -1,4 +1,5 @@
-// balance.hpp - spreads accepted connections over pre-forked workers.
+// balance.hpp - spreads accepted connections over pre-forked workers through a shared board.
+// Owns the board (accept counts, heartbeats, who may accept now); never accepts, and knows no connection.
 //
 // Every worker polls the shared listeners, and the kernel wakes them LIFO:
 // left alone, one worker takes most connections (measured 142/56/1/1 over

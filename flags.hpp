@@ -1,8 +1,14 @@
-// flags.hpp - command line parsing with the semantics of Go's `flag` package
-// (FlagSet with ExitOnError), so mixctl accepts exactly what the Go binary
-// accepted: `-f x`, `--f x`, `-f=x`, `--f=x`; `--` ends the flags; the first
-// non-flag argument stops parsing; bool flags only take a value with `=`;
-// `-h`/`-help` ask for usage; errors are worded as Go words them.
+// flags.hpp - the command line, with the semantics of Go's `flag` package (FlagSet, ExitOnError).
+// Owns the flags, their parsing, the usage text and Go durations; never reads the config or acts on a flag.
+//
+// mixctl accepts exactly what the Go binary accepted: `-f x`, `--f x`, `-f=x`,
+// `--f=x`; `--` ends the flags; the first non-flag argument stops parsing;
+// bool flags only take a value with `=`; `-h`/`-help` ask for usage; errors
+// are worded as Go words them.
+//
+// Why long: Go's flag, strconv and time semantics byte for byte (quoting, number bases, underscores,
+// overflow, duration units), which tests/flags_test.cpp holds to the Go tool's outputs; the table of
+// mixctl's own flags (flag_specs) is short.
 //
 // Durations follow time.ParseDuration and Duration.String.
 //

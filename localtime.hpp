@@ -1,6 +1,8 @@
-// localtime.hpp - local time as glibc's localtime_r(3) gives it, without
-// glibc's time-zone code (which links sscanf and the strtod family: ~127 kB
-// of the static binary).
+// localtime.hpp - local time as glibc's localtime_r(3) gives it, without glibc's time-zone code.
+// Owns TZ, TZif files and POSIX TZ rules; nothing else (log.hpp formats the time it gives).
+//
+// Why long: TZif files and POSIX TZ rules are one job, written to match glibc 2.36 case by case
+// (tests/localtime_test.cpp compares them); glibc's own code would add ~127 kB to the static binary.
 //
 // A TimeZone reads TZ when it is made (the Logger makes one at start, as
 // glibc reads it at the first localtime_r), the way glibc 2.36 reads it:

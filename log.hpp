@@ -1,5 +1,5 @@
-// log.hpp - log lines in the Go `log` package's shape, one write(2) per line,
-// or, with -syslog, one syslog message per line (syslog_client.hpp).
+// log.hpp - log lines in the Go `log` package's shape, one write(2) per line, or one syslog message each.
+// Owns formatting and writing a line (and throttling repeats); not what is logged, which each caller decides.
 //
 // Every process (parent and workers) writes to the same stderr; a single
 // write() of a line shorter than PIPE_BUF is never interleaved with another

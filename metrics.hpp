@@ -1,6 +1,7 @@
-// metrics.hpp - the Prometheus text format on GET /metrics, from the shared
-// upstream counters. Served by the checker process, never by a worker, so a
-// scraper can not slow a relay loop down.
+// metrics.hpp - the Prometheus text format on GET /metrics, from the shared upstream counters.
+// Owns the endpoint's HTTP exchange; only reads the counters, and never runs in a worker.
+//
+// Served by the checker process, so a scraper can not slow a relay loop down.
 #pragma once
 
 #include <chrono>

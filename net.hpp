@@ -1,5 +1,8 @@
-// net.hpp - sockets and addresses: RAII descriptors, host:port syntax,
-// resolution, listening, accepting and nonblocking dialing.
+// net.hpp - sockets and addresses: RAII descriptors, host:port syntax, resolution, listen, accept, dial.
+// Owns the system calls on sockets; no policy (which upstream, when to accept) and no event loop.
+//
+// Why long: every socket call mixctl makes, each with its POSIX fallback, in one place, so the
+// Linux-only paths are easy to find and test; split, they would scatter over the callers.
 //
 // Linux-only calls (accept4, SOCK_NONBLOCK) sit behind small helpers with a
 // POSIX fallback; building with -DMIXCTL_POSIX_ONLY forces the fallback so CI

@@ -1,4 +1,5 @@
-// privileges.hpp - -u USER[:GROUP]: who the workers run as.
+// privileges.hpp - -u USER[:GROUP]: looking the user up and dropping to it in workers and the checker.
+// Owns the change of identity only; binds nothing, and never drops the parent's rights (reloads need them).
 //
 // The parent binds (so ports below 1024 work) and keeps its rights, so a
 // reload can bind new low ports; every process that touches client traffic

@@ -1,5 +1,5 @@
-// proxy_protocol.hpp - the PROXY protocol header (HAProxy's spec, v1 and
-// v2) that tells an upstream who the client really is.
+// proxy_protocol.hpp - the PROXY protocol header (HAProxy's spec, v1 and v2) that tells an upstream who the client is.
+// Owns the header's bytes; not when or on which socket they are sent (worker.hpp).
 //
 // It is sent once, before any client byte; a receiver never guesses whether
 // one is coming, so it is opt-in per rule.

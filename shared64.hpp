@@ -1,4 +1,5 @@
 // shared64.hpp - 64-bit counters and times in memory that processes share.
+// Owns how such a value is read and written (atomics, or a lock on MIPS32); not what is counted.
 //
 // Workers, the checker and the parent update one MAP_SHARED page. Where the
 // CPU has 64-bit atomic instructions (x86_64, aarch64, ARMv7 with ldrexd)

@@ -1,4 +1,5 @@
-// signals.hpp - signal handlers that only record what arrived.
+// signals.hpp - signal handlers that only record what arrived, and the self-pipe that wakes a loop.
+// Owns the handlers and their globals; never does the work a signal asks for (the loops do).
 //
 // A handler bumps a counter and writes one byte to a nonblocking self-pipe,
 // so a process sleeping in poll() wakes up; the work happens in the loops.

@@ -1,6 +1,8 @@
-// syslog_client.hpp - the messages glibc's syslog(3) sends, sent without it
-// (glibc's syslog formats its timestamp with localtime_r, which links the
-// time-zone code: see localtime.hpp).
+// syslog_client.hpp - the messages glibc's syslog(3) sends to /dev/log, sent without it.
+// Owns the syslog socket and the message format; not what is logged or when (log.hpp).
+//
+// glibc's syslog formats its timestamp with localtime_r, which links the
+// time-zone code (see localtime.hpp): that is why this file exists.
 //
 // SyslogClient(ident, facility).send(priority, message) sends what glibc
 // 2.36 sends for openlog(ident, LOG_PID, facility) and then

@@ -1,5 +1,5 @@
-// terminate.hpp - the static build's terminate handler (make static defines
-// MIXCTL_STATIC; the dynamic build keeps libstdc++'s own).
+// terminate.hpp - the static build's terminate handler (make static defines MIXCTL_STATIC).
+// Owns what std::terminate prints in that build; nothing else, and not the dynamic build (libstdc++'s own).
 //
 // mixctl catches no exception: the only ones the library can throw at it
 // (std::bad_alloc when memory runs out, std::length_error, std::out_of_range)

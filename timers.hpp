@@ -1,5 +1,5 @@
 // timers.hpp - one deadline per connection id in a binary heap: schedule, cancel, the next due.
-// Owns only times and ids; what a deadline means (dial timeout, idle, half-close) is the worker's.
+// Owns only times and ids, not what a deadline means (dial timeout, idle, half-close: the worker's).
 //
 // The heap and the id -> heap position table grow with the largest number
 // of connections the worker has held and are reused after that: scheduling

@@ -1,4 +1,8 @@
 // yaml_lite.hpp - a small, strict YAML-subset parser for mixctl rule files.
+// Owns YAML syntax and line numbers; knows nothing of rules or what a key means (config.hpp does).
+//
+// Why long: one grammar (block and flow forms, three kinds of scalar, escapes), every rejection with
+// its line; the parts share one cursor and one error list, and split they would hide the grammar.
 //
 // It accepts the block and flow forms people write in configuration files and
 // rejects everything else with a positioned error instead of guessing: anchors,

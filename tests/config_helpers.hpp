@@ -1,5 +1,5 @@
-// config_helpers.hpp - loading a rules text for the config tests
-// (config_test.cpp, policy_config_test.cpp) and reading its diagnostics.
+// config_helpers.hpp - loading a rules text for the config tests and reading its diagnostics.
+// Owns nothing but these helpers; never touches a file or the network (config::parse_text only).
 #pragma once
 
 #include <string>

@@ -1,7 +1,12 @@
-// harness.hpp - drives the real mixctl binary against real servers on
-// loopback. Everything here is bounded in time: waits poll for a condition
-// with a deadline, sockets carry receive/send timeouts, and every process the
-// harness starts is killed by pid when its owner goes out of scope.
+// harness.hpp - drives the real mixctl binary against real servers on loopback, for the tests.
+// Owns the processes, sockets and files it makes; never dials off loopback, never waits without a bound.
+//
+// Waits poll for a condition with a deadline, sockets carry receive/send
+// timeouts, and every process the harness starts is killed by pid when its
+// owner goes out of scope.
+//
+// Why long: one toolbox shared by every integration test (servers, clients, checksums, the daemon);
+// its parts are small and independent, and one include keeps each test file short.
 #pragma once
 
 #include <algorithm>
