@@ -364,7 +364,7 @@ bool says_unknown(const harness::RunResult& r, const std::string& key) {
 // ---- docs/configuration.md's key tables -------------------------------------------------
 
 // Every backquoted name in the first cell of the rows of tables whose header
-// starts "| key |".
+// starts "| key |"; a path names its last part (`rules[].to`, `health_check.rise`).
 Names table_keys(const std::string& text) {
     Names keys;
     bool in_table = false;
@@ -379,7 +379,9 @@ Names table_keys(const std::string& text) {
         for (size_t at = cell.find('`'); at != std::string::npos; at = cell.find('`', at + 1)) {
             size_t end = cell.find('`', at + 1);
             if (end == std::string::npos) break;
-            keys.insert(cell.substr(at + 1, end - at - 1));
+            std::string key = cell.substr(at + 1, end - at - 1);
+            size_t last = key.find_last_of(".]");
+            keys.insert(last == std::string::npos ? key : key.substr(last + 1));
             at = end;
         }
     }
@@ -577,8 +579,8 @@ TEST_CASE("the key, bold-word and yaml-block readers see through their markup", 
           Names{"a_b", "c", "v"});
     CHECK(keys_of_context("defaults: {KEY: x}\nrules:\n- {from: 127.0.0.1:0, to: [{address: 1.2.3.4:5}]}\n") ==
           Names{"defaults", "rules", "from", "to", "address"});
-    CHECK(table_keys("| key | default |\n|---|---|\n| `a` | 1 |\n| `b`, `c` | |\n\n| `d` | |\n| flag | x |\n| `-e` | |\n") ==
-          Names{"a", "b", "c"});
+    CHECK(table_keys("| key | default |\n|---|---|\n| `a` | 1 |\n| `b`, `rules[].c` | |\n| `h.i` | |\n\n| `d` | |\n"
+                     "| flag | x |\n| `-e` | |\n") == Names{"a", "b", "c", "i"});
     CHECK(bold_words(".TP\n.B max_fails\n.BR allow \", \" deny\nsee \\fBhealth_check\\fR and\n.RB [ \\-f ]\n") ==
           Names{"max_fails", "allow", "deny", "health_check", "-f"});
     std::vector<YamlBlock> b = yaml_blocks("p.md", "x\n```yaml\na: 1\n```\n<!-- error: bad thing -->\n\n```yaml\nb: 2\n```\n"
