@@ -671,3 +671,76 @@ TEST_CASE("every link between the docs reaches a file, and a heading when it nam
     CHECK(local_links("see [a](docs/a.md#x), [b](https://e.org/) and [c](#y)") ==
           std::vector<std::string>{"docs/a.md#x", "#y"});
 }
+
+namespace {
+
+bool has_word(const std::string& text, const std::string& word) {
+    for (size_t at = text.find(word); at != std::string::npos; at = text.find(word, at + 1)) {
+        bool starts = at == 0 || !is_name_char(text[at - 1]);
+        bool ends = at + word.size() >= text.size() || !is_name_char(text[at + word.size()]);
+        if (starts && ends) return true;
+    }
+    return false;
+}
+
+// The names a page quotes from the code: backquoted `ns::Name`,
+// `Class::method`, `snake_case` identifiers (a trailing "(...)" dropped),
+// and file names ending in .hpp or .cpp.
+struct Quoted {
+    Names identifiers, files;
+};
+
+Quoted quoted_names(const std::string& text) {
+    Quoted q;
+    for (size_t at = text.find('`'); at != std::string::npos; at = text.find('`', at + 1)) {
+        size_t end = text.find('`', at + 1);
+        if (end == std::string::npos) break;
+        std::string span = text.substr(at + 1, end - at - 1);
+        at = end;
+        if (span.find('\n') != std::string::npos) continue;
+        size_t paren = span.find('(');
+        if (paren != std::string::npos && span.back() == ')') span = span.substr(0, paren);
+        if (ends_with(span, ".hpp") || ends_with(span, ".cpp")) {
+            q.files.insert(span);
+            continue;
+        }
+        bool identifier = !span.empty() && !(span[0] >= '0' && span[0] <= '9');
+        for (char c : span) identifier = identifier && (is_name_char(c) || c == ':');
+        if (identifier && (span.find("::") != std::string::npos || span.find('_') != std::string::npos))
+            q.identifiers.insert(span);
+    }
+    return q;
+}
+
+std::string all_sources() {
+    std::string text;
+    for (const char* suffix : {".hpp", ".cpp"}) {
+        for (const std::string& name : files_in(".", suffix)) text += read_text(name) + "\n";
+        for (const std::string& name : files_in("tests", suffix)) text += read_text("tests/" + name) + "\n";
+    }
+    return text;
+}
+
+}  // namespace
+
+TEST_CASE("every file, class and function docs/architecture.md names is in the code", "[docs]") {
+    Quoted q = quoted_names(read_text("docs/architecture.md"));
+    std::string code = all_sources();
+    REQUIRE(q.identifiers.size() >= 40);
+    for (const std::string& name : q.identifiers) {
+        size_t start = 0;
+        for (size_t sep = name.find("::"); start != std::string::npos; sep = name.find("::", start)) {
+            std::string part = name.substr(start, sep == std::string::npos ? std::string::npos : sep - start);
+            INFO("docs/architecture.md names " << name << ": no \"" << part << "\" in the sources");
+            CHECK(has_word(code, part));
+            start = sep == std::string::npos ? sep : sep + 2;
+        }
+    }
+    for (const std::string& file : q.files) {
+        INFO("docs/architecture.md names " << file);
+        CHECK((!read_text(file).empty() || !read_text("tests/" + file).empty()));
+    }
+    Quoted t = quoted_names("`worker::Worker::run` `a_b(x, y)` `finish` `poller.hpp` `-t` `1_000` `x::y z`");
+    CHECK(t.identifiers == Names{"worker::Worker::run", "a_b"});
+    CHECK(t.files == Names{"poller.hpp"});
+}
