@@ -228,6 +228,7 @@ private:
     void begin_stop() {
         if (stopping_) return;
         stopping_ = true;
+        board_.set_accepting(settings_.index, false);
         grace_deadline_ = Clock::now() + settings_.grace;
         for (size_t i = 0; i < listeners_.size(); ++i) {
             pollfds_[2 + i].fd = -1;
@@ -240,7 +241,10 @@ private:
     // connections wait in the kernel backlog.
     void arm_listeners(Clock::time_point now) {
         if (stopping_) return;
-        if (paused_ && now >= resume_accept_) paused_ = false;
+        if (paused_ && now >= resume_accept_) {
+            paused_ = false;
+            board_.set_accepting(settings_.index, true);
+        }
         listening_ = !paused_ && board_.may_accept(settings_.index, to_ms(now));
         rules_full_ = false;
         for (size_t i = 0; i < listeners_.size(); ++i) {
@@ -339,6 +343,7 @@ private:
     void pause_accepting(size_t index, int err, const char* call = "accept") {
         Clock::time_point now = Clock::now();
         paused_ = true;
+        board_.set_accepting(settings_.index, false);  // the others stop waiting for us now
         resume_accept_ = now + std::chrono::milliseconds(pause_ms);
         if (now < quiet_shortage_until_) {
             ++quiet_shortages_;
