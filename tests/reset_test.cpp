@@ -60,7 +60,15 @@ struct Cell {
     bool upload;             // the client aborts (else the upstream does)
     size_t size;             // bytes sent just before the abort
     bool other_half_closed;  // the receiving side shut its sending half first
+    bool unread = false;     // aborts by a plain close() with unread input, not SO_LINGER 0
 };
+
+// Waits until `n` bytes can be read, then reads one: the rest stays unread.
+bool leave_unread(int fd, size_t n) {
+    char buf[8];
+    if (::recv(fd, buf, n, MSG_PEEK | MSG_WAITALL) != static_cast<ssize_t>(n)) return false;
+    return ::recv(fd, buf, 1, 0) == 1;
+}
 
 struct Tally {
     int eof = 0, reset = 0, other = 0, timeout = 0, whole = 0, prefix = 0;
@@ -120,7 +128,7 @@ private:
         if (cell.upload) {
             // A greeting proves to the client that the relay is up; then
             // this side receives the client's message and its abort.
-            if (!send_all(fd, std::string("G"))) return;
+            if (!send_all(fd, std::string(cell.unread ? "GX" : "G"))) return;
             if (cell.other_half_closed) ::shutdown(fd, SHUT_WR);
             Ending e = read_ending(fd, message.size() + 1);
             std::lock_guard<std::mutex> lock(mutex_);
@@ -132,13 +140,13 @@ private:
         // send the message and abort at once. The Server closes fd after we
         // return: with SO_LINGER 0 that close is the RST.
         std::string hello;
-        if (!read_exact(fd, hello, 1)) return;
+        if (cell.unread ? !leave_unread(fd, 2) : !read_exact(fd, hello, 1)) return;
         if (cell.other_half_closed) {
             char c;
             if (::recv(fd, &c, 1, 0) != 0) return;
         }
         send_all(fd, message);
-        net::set_abortive_close(fd);
+        if (!cell.unread) net::set_abortive_close(fd);
     }
 
     Server server_;
@@ -163,19 +171,22 @@ Ending trial(Peer& peer, uint16_t port, const Cell& cell, const std::string& mes
     }
     if (cell.upload) {
         std::string greeting;
-        if (!read_exact(fd.get(), greeting, 1)) return e;
+        if (cell.unread ? !leave_unread(fd.get(), 2) : !read_exact(fd.get(), greeting, 1)) return e;
         if (cell.other_half_closed) {
             char c;
             if (::recv(fd.get(), &c, 1, 0) != 0) return e;  // the upstream's FIN has been relayed
         }
         if (hold) kill(hold, SIGSTOP);
         send_all(fd.get(), message);
-        abort_socket(fd);
+        if (cell.unread)
+            fd.reset();  // the unread byte makes close() send RST
+        else
+            abort_socket(fd);
         if (hold) kill(hold, SIGCONT);
         if (!peer.next_ending(e, 10000ms)) e.kind = Ending::timeout;
         return e;
     }
-    if (!send_all(fd.get(), std::string("H"))) return e;
+    if (!send_all(fd.get(), std::string(cell.unread ? "HX" : "H"))) return e;
     if (cell.other_half_closed) ::shutdown(fd.get(), SHUT_WR);
     return read_ending(fd.get(), message.size() + 1);
 }
@@ -189,6 +200,10 @@ const Cell matrix[] = {
     {"download after the client's half-close, read/write", false, 1000, true},
     {"upload after the upstream's half-close, splice", true, 256 * 1024, true},
     {"download after the client's half-close, splice", false, 256 * 1024, true},
+    {"upload, nothing sent before the reset", true, 0, false},
+    {"download, nothing sent before the reset", false, 0, false},
+    {"upload, reset by close() with unread input", true, 1000, false, true},
+    {"download, reset by close() with unread input", false, 1000, false, true},
 };
 
 constexpr int trials = 200;
