@@ -286,3 +286,50 @@ TEST_CASE("a reset is logged with the side that reset, and counted per side in s
     INFO(body);
     CHECK(body.find("# TYPE mixctl_upstream_resets_by_client_total counter") != std::string::npos);
 }
+
+TEST_CASE("a client that half-closes and then aborts: the upstream gets the FIN, then the reset", "[reset]") {
+    // The upstream reads the whole request to its EOF (the client's FIN,
+    // relayed), then waits for the abort that follows it: its socket must
+    // fail (a reset), not stay open and quiet.
+    std::mutex mutex;
+    std::condition_variable changed;
+    int requests = 0, resets = 0, quiet = 0;
+    Server up([&](int fd) {
+        std::string request;
+        bool whole = read_to_eof(fd, request) && request == pattern(1000, 9);
+        {
+            std::lock_guard<std::mutex> lock(mutex);
+            if (whole) ++requests;
+            changed.notify_all();
+        }
+        // Readable for good after the EOF: wait for an error or hang-up only.
+        pollfd p{fd, 0, 0};
+        bool failed = ::poll(&p, 1, 5000) == 1 && (p.revents & (POLLERR | POLLHUP)) && net::pending_error(fd) != 0;
+        std::lock_guard<std::mutex> lock(mutex);
+        ++(failed ? resets : quiet);
+        changed.notify_all();
+    });
+    REQUIRE(up.ok());
+    Daemon d(one_rule(up));
+    uint16_t port = d.port("r");
+    REQUIRE(port != 0);
+    const int rounds = 50;
+    for (int i = 0; i < rounds; ++i) {
+        net::Fd fd = dial(port);
+        REQUIRE(fd);
+        REQUIRE(send_all(fd.get(), pattern(1000, 9)));
+        ::shutdown(fd.get(), SHUT_WR);
+        std::unique_lock<std::mutex> lock(mutex);
+        if (!changed.wait_for(lock, 5000ms, [&] { return requests == i + 1; })) break;
+        lock.unlock();
+        abort_socket(fd);
+        lock.lock();
+        changed.wait_for(lock, 10000ms, [&] { return resets + quiet == i + 1; });
+    }
+    std::lock_guard<std::mutex> lock(mutex);
+    INFO(d.log());
+    CHECK(requests == rounds);
+    CHECK(resets == rounds);
+    CHECK(quiet == 0);
+    CHECK(d.count(" reset_by=client") == static_cast<size_t>(rounds));
+}
