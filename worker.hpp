@@ -129,6 +129,7 @@ private:
         bool has_timer = false;
         bool waiting_for_fds = false;   // socket() hit EMFILE: the dial is retried
         bool holds_rule_slot = false;   // counted in the rule's active (max_conns)
+        bool holds_place = false;       // counted in the target's active (upstreams::Shared::take_place)
         Clock::time_point last_activity{}, half_closed_at{};
         relay::Direction up;    // client -> upstream
         relay::Direction down;  // upstream -> client
@@ -253,7 +254,8 @@ private:
     bool rule_full(size_t rule) const {
         const upstreams::Pool& pool = shared_.pool(rule);
         int max = pool.rule->policy.max_conns;
-        return max > 0 && pool.state->active.load(std::memory_order_relaxed) >= static_cast<uint32_t>(max);
+        return (max > 0 && pool.state->active.load(std::memory_order_relaxed) >= static_cast<uint32_t>(max)) ||
+               !upstreams::has_room(pool);
     }
 
     // Takes a place under the rule's max_conns before accepting, so the
@@ -406,8 +408,13 @@ private:
         Conn& c = *conns_[id];
         while (c.step < c.order.size()) {
             c.target = c.order[c.step];
+            if (!c.holds_place && !take_place(c)) {  // filled up since the plan: skipped, not failed
+                ++c.step;
+                continue;
+            }
             if (!upstreams::address_at(pool_of(c).at(c.target), c.address, c.dialed)) {
                 upstream_failed(c);
+                release_place(c);
                 ++c.step;
                 c.address = 0;
                 continue;
@@ -441,9 +448,24 @@ private:
             // No free local port is our shortage, not the upstream's fault.
             if (rc != EADDRNOTAVAIL) c.only_local_errors = false;
         }
-        log_.print("error: no upstream of (%s) reachable for %s: %u attempts failed", rule_of(c).name.c_str(),
-                   c.client_address.text().c_str(), c.attempts);
+        if (c.attempts == 0)
+            log_.print("error: no upstream of (%s) free for %s: all disabled or at max_conns", rule_of(c).name.c_str(),
+                       c.client_address.text().c_str());
+        else
+            log_.print("error: no upstream of (%s) reachable for %s: %u attempts failed", rule_of(c).name.c_str(),
+                       c.client_address.text().c_str(), c.attempts);
         finish(id, nullptr, false);
+    }
+
+    bool take_place(Conn& c) {
+        c.holds_place = shared_.take_place(static_cast<size_t>(settings_.index), pool_of(c).at(c.target),
+                                           rule_of(c).to[c.target].max_conns);
+        return c.holds_place;
+    }
+
+    void release_place(Conn& c) {
+        if (c.holds_place) shared_.add_active(static_cast<size_t>(settings_.index), pool_of(c).at(c.target), -1);
+        c.holds_place = false;
     }
 
     void log_dial_error(Conn& c, const std::string& why) {
@@ -494,7 +516,6 @@ private:
         c.last_activity = now_;
         upstreams::UpstreamState& state = pool_of(c).at(c.target);
         upstreams::record_success(state);
-        shared_.add_active(static_cast<size_t>(settings_.index), state, 1);
         arm_relay_timer(c, id);
         if (log_.verbose())  // the arguments cost a clock read, a printf and a malloc
             log_.trace("Connected %s => %s (%s)", listeners_[c.listener].address.c_str(), target_text(c).c_str(),
@@ -687,7 +708,7 @@ private:
         unschedule(c, id);
         if (c.holds_rule_slot) release_rule_slot(listeners_[c.listener].rule);
         if (log_.verbose()) log_closed(c, reason);
-        if (c.connected) shared_.add_active(static_cast<size_t>(settings_.index), pool_of(c).at(c.target), -1);
+        release_place(c);
         if (abort) {
             if (c.client) net::set_abortive_close(c.client.get());
             if (c.upstream) net::set_abortive_close(c.upstream.get());
