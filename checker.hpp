@@ -161,6 +161,7 @@ private:
         Clock::time_point next_probe{}, probe_deadline{}, next_resolve{}, last_resolve{};
         std::vector<Attempt> attempts;  // probes in flight, one per address
         std::string probe_error;
+        std::string logged_reason;  // of the last DOWN line, so a new reason is logged once
         int ok_streak = 0, fail_streak = 0;
         bool lookup_failing = false;
     };
@@ -294,8 +295,18 @@ private:
         }
         ++w.fail_streak;
         w.ok_streak = 0;
-        if (was == upstreams::probe_down || (was == upstreams::probe_up && w.fail_streak < hc.fall)) return;
+        if (was == upstreams::probe_down) {
+            // Already down, but for another reason now (refused, then a TLS
+            // alert): worth one line, as the operator's fix depends on it.
+            if (why != w.logged_reason)
+                log_.print("upstream %s of (%s) still DOWN: %s", text_of(w).c_str(), rule_of(w).name.c_str(),
+                           why.c_str());
+            w.logged_reason = why;
+            return;
+        }
+        if (was == upstreams::probe_up && w.fail_streak < hc.fall) return;
         state.probe.store(upstreams::probe_down, std::memory_order_relaxed);
+        w.logged_reason = why;
         log_.print("upstream %s of (%s) is DOWN: %s (%d checks)", text_of(w).c_str(), rule_of(w).name.c_str(),
                    why.c_str(), w.fail_streak);
         (void)now;
