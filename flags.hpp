@@ -385,8 +385,7 @@ inline const std::vector<FlagSpec>& flag_specs() {
             {"syslog", Kind::Bool, "log to syslog(3) (facility daemon, ident mixctl) instead of stderr"},
             {"u", Kind::String, "after binding, run workers as USER[:GROUP] (the parent keeps its rights for reloads)"},
             {"ctl", Kind::String,
-             "send COMMAND (show, disable RULE ADDRESS, enable RULE ADDRESS, weight RULE ADDRESS N) to the\n"
-             "control socket that -f's \"control:\" names, print the answer and exit (1 on an error answer)"},
+             "send a command (show, disable, enable, weight) to the control socket of -f's file, print the answer and exit"},
         };
         std::sort(v.begin(), v.end(), [](const FlagSpec& a, const FlagSpec& b) {
             return std::string_view(a.name) < std::string_view(b.name);

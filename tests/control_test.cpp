@@ -520,3 +520,17 @@ TEST_CASE("a burst of 1,000 control connections leaks no descriptor and refuses 
     CHECK(fds() == before);
     CHECK(alive(d));
 }
+
+TEST_CASE("mixctl -ctl says why it can not ask: no control key, nobody listening", "[control][cli]") {
+    TempDir dir;
+    std::string plain = dir.write("plain.yaml", one_rule({"127.0.0.1:1"}));
+    RunResult r = run({"-f", plain, "-ctl", "show"});
+    CHECK(r.exit.code == 1);
+    CHECK(r.err.find("error: -ctl: " + plain + " has no \"control:\" socket") != std::string::npos);
+    std::string sock = dir.path() + "/nobody.sock";
+    std::string with = dir.write("with.yaml", with_control(sock, one_rule({"127.0.0.1:1"})));
+    r = run({"-f", with, "-ctl", "show"});
+    CHECK(r.exit.code == 1);
+    CHECK(r.err.find("error: -ctl: connect " + sock + ": ") != std::string::npos);
+    CHECK(r.out.empty());
+}
