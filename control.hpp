@@ -11,6 +11,7 @@
 #include <string_view>
 #include <vector>
 
+#include <fcntl.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -228,12 +229,19 @@ inline bool fill_address(const std::string& path, sockaddr_un& addr, std::string
     return true;
 }
 
+// A blocking Unix stream socket, close-on-exec (fcntl: SOCK_CLOEXEC is not POSIX).
+inline net::Fd unix_socket() {
+    net::Fd fd(::socket(AF_UNIX, SOCK_STREAM, 0));
+    if (fd && ::fcntl(fd.get(), F_SETFD, FD_CLOEXEC) != 0) fd.reset();
+    return fd;
+}
+
 // Whether something accepts connections on the socket file at `path`.
 inline bool someone_listens(const std::string& path) {
     sockaddr_un addr;
     std::string ignored;
     if (!fill_address(path, addr, ignored)) return false;
-    net::Fd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    net::Fd fd = unix_socket();
     if (!fd) return false;
     return ::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0 || errno == EAGAIN;
 }
@@ -259,7 +267,7 @@ inline net::Fd listen_at(const std::string& path, std::string& why) {
             return net::Fd();
         }
     }
-    net::Fd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    net::Fd fd = unix_socket();
     if (!fd || !net::set_nonblock_cloexec(fd.get())) {
         why = "socket AF_UNIX: " + net::errno_text(errno);
         return net::Fd();
@@ -377,11 +385,12 @@ private:
         return true;
     }
 
+    // The clients' sockets are nonblocking already (net::accept_client).
     static int send_flags() {
 #ifdef MSG_NOSIGNAL
-        return MSG_NOSIGNAL | MSG_DONTWAIT;
+        return MSG_NOSIGNAL;
 #else
-        return MSG_DONTWAIT;
+        return 0;
 #endif
     }
 
@@ -399,7 +408,7 @@ inline bool ask(const std::string& path, const std::string& command, std::string
                 std::chrono::milliseconds limit = std::chrono::milliseconds(5000)) {
     sockaddr_un addr;
     if (!fill_address(path, addr, why)) return false;
-    net::Fd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    net::Fd fd = unix_socket();
     if (!fd) {
         why = "socket AF_UNIX: " + net::errno_text(errno);
         return false;
