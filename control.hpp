@@ -242,8 +242,11 @@ inline bool someone_listens(const std::string& path) {
     std::string ignored;
     if (!fill_address(path, addr, ignored)) return false;
     net::Fd fd = unix_socket();
-    if (!fd) return false;
-    return ::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0 || errno == EAGAIN;
+    if (!fd || !net::set_nonblock_cloexec(fd.get())) return false;
+    // Nonblocking: a listener with a full backlog answers EAGAIN at once
+    // instead of holding us up; it is alive all the same.
+    return ::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0 || errno == EAGAIN ||
+           errno == EINPROGRESS;
 }
 
 // Binds and listens on `path`, mode 0600, before anyone can connect. A

@@ -49,7 +49,8 @@ public:
            const mixlog::Logger& log, balance::Board& board)
         : shared_(shared), settings_(settings), log_(log), board_(board), poller_(settings.backend),
           acceptor_(shared, listeners, settings.index, log, board, poller_),
-          dialer_(shared, log, settings.dial_timeout, static_cast<size_t>(settings.index)), scratch_(new char[relay::buffer_size]) {}
+          dialer_(shared, log, settings.dial_timeout, static_cast<size_t>(settings.index)),
+          scratch_(new char[relay::buffer_size]) {}
 
     // Runs until told to stop and the last connection is gone. Returns the
     // process exit status.
