@@ -45,6 +45,10 @@ inline std::string render(const upstreams::Shared& shared, int64_t now_ms) {
         {"mixctl_upstream_connect_failures_total", "counter", "Connect attempts to the upstream that failed."},
         {"mixctl_upstream_bytes_in_total", "counter", "Bytes relayed from clients to the upstream."},
         {"mixctl_upstream_bytes_out_total", "counter", "Bytes relayed from the upstream to clients."},
+        {"mixctl_upstream_resets_by_client_total", "counter",
+         "Relayed connections the client aborted (reset or socket error), passed on to the upstream as a reset."},
+        {"mixctl_upstream_resets_by_upstream_total", "counter",
+         "Relayed connections the upstream aborted (reset or socket error), passed on to the client as a reset."},
         {"mixctl_upstream_weight", "gauge", "The upstream's weight now (the control socket may have changed it)."},
         {"mixctl_upstream_state", "gauge",
          "1 for the upstream's state now (up, down, disabled, draining), 0 for the others."},
@@ -61,7 +65,7 @@ inline std::string render(const upstreams::Shared& shared, int64_t now_ms) {
                 const upstreams::UpstreamState& s = pool.at(u);
                 std::string labels = "{rule=\"" + label(pool.rule->name) + "\",upstream=\"" +
                                      label(pool.rule->to[u].text) + "\"";
-                if (f == 7) {  // one series per state, so a query can sum or alert on any of them
+                if (f == 9) {  // one series per state, so a query can sum or alert on any of them
                     std::string now = upstreams::state_name(s, now_ms);
                     for (const char* state : states)
                         out += std::string(families[f].name) + labels + ",state=\"" + state + "\"} " +
@@ -76,6 +80,8 @@ inline std::string render(const upstreams::Shared& shared, int64_t now_ms) {
                     case 3: v = s.failed.load(); break;
                     case 4: v = s.bytes_in.load(); break;
                     case 5: v = s.bytes_out.load(); break;
+                    case 6: v = s.client_resets.load(); break;
+                    case 7: v = s.upstream_resets.load(); break;
                     default: v = s.weight.load(); break;
                 }
                 snprintf(value, sizeof value, "%llu", v);
