@@ -43,15 +43,24 @@ std::string who(uint16_t port, net::Fd* keep = nullptr, Ms limit = 5000ms) {
 TEST_CASE("least-conn: ten sequential connections to two idle upstreams go 5 and 5, over two workers",
           "[least-conn][integration]") {
     Server a(banner("a")), b(banner("b"));
-    Daemon d(rule_with("  strategy: least-conn\n", {q(a.address()), q(b.address())}), {"-w", "2"});
+    TempDir dir;
+    std::string sock = dir.path() + "/ctl.sock";
+    Daemon d("control: " + sock + "\n" + rule_with("  strategy: least-conn\n", {q(a.address()), q(b.address())}),
+             {"-w", "2"});
     uint16_t port = d.port("r");
     REQUIRE(port);
     INFO(d.log());
+    // Idle as mixctl sees it: both upstreams at active=0 in `show`.
+    auto idle = [&] {
+        RunResult r = run({"-f", d.file(), "-ctl", "show"});
+        size_t at = 0, zeros = 0;
+        while ((at = r.out.find(" active=0 ", at)) != std::string::npos) ++zeros, ++at;
+        return zeros == 2;
+    };
     std::map<std::string, int> went;
     for (int i = 0; i < 10; ++i) {
+        REQUIRE(wait_until(idle, 5000ms));  // sequential: the last one is closed and counted out
         ++went[who(port)];
-        // Sequential: this one is closed and counted out before the next.
-        REQUIRE(wait_until([&] { return a.active() + b.active() == 0; }));
     }
     CHECK(went["a"] == 5);
     CHECK(went["b"] == 5);
