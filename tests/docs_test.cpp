@@ -429,9 +429,19 @@ std::string unescape(const std::string& word) {
 }
 
 // .B word, the bold arguments of .BR/.BI (1st, 3rd, ...) and .RB/.IB
-// (2nd, 4th, ...), and \fBword\fR inside the text.
+// (2nd, 4th, ...), and \fBword\fR inside the text; a bold "key: value"
+// also counts as its key.
+struct BoldSet : Names {
+    void insert(const std::string& word) {
+        Names::insert(word);
+        size_t end = 0;
+        while (end < word.size() && is_name_char(word[end])) ++end;
+        if (end > 0 && end < word.size() && word[end] == ':') Names::insert(word.substr(0, end));
+    }
+};
+
 Names bold_words(const std::string& text) {
-    Names words;
+    BoldSet words;
     for (const std::string& line : lines_of(text)) {
         std::vector<std::string> args = macro_args(line);
         if (starts_with(line, ".B ")) {
@@ -580,8 +590,8 @@ TEST_CASE("the key, bold-word and yaml-block readers see through their markup", 
           Names{"defaults", "rules", "from", "to", "address"});
     CHECK(table_keys("| key | default |\n|---|---|\n| `a` | 1 |\n| `b`, `rules[].c` | |\n| `h.i` | |\n\n| `d` | |\n"
                      "| flag | x |\n| `-e` | |\n") == Names{"a", "b", "c", "i"});
-    CHECK(bold_words(".TP\n.B max_fails\n.BR allow \", \" deny\nsee \\fBhealth_check\\fR and\n.RB [ \\-f ]\n") ==
-          Names{"max_fails", "allow", "deny", "health_check", "-f"});
+    CHECK(bold_words(".TP\n.B max_fails\n.BR allow \", \" deny\nsee \\fBhealth_check\\fR and\n.RB [ \\-f ]\n.BR \"tls: true\" ,\n") ==
+          Names{"max_fails", "allow", "deny", "health_check", "-f", "tls: true", "tls"});
     std::vector<YamlBlock> b = yaml_blocks("p.md", "x\n```yaml\na: 1\n```\n<!-- error: bad thing -->\n\n```yaml\nb: 2\n```\n"
                                                     "```sh\nc\n```\n<!-- warning: w -->\n```yaml\nd: 3\n```\n");
     REQUIRE(b.size() == 3);
