@@ -935,11 +935,12 @@ class Run:
         emfile_lines = self.daemon.log().count("too many open files")
         e = self.events
         lost = lost_worker + lost_upstream + no_upstream + len(unaccounted) + len(reset_as_fin)
-        print("chaos: seed=%d %s streams=%d completed=%d corrupted=%d lost=%d (worker-killed=%d "
+        print("chaos: seed=%d %s%s streams=%d completed=%d corrupted=%d lost=%d (worker-killed=%d "
               "upstream-killed=%d no-live-upstream-left=%d unaccounted=%d) refused=%d reset-as-fin=%d | worker-kills=%d reloads=%d+%d-bad "
               "upstream-kills=%d black-holes=%d emfile=%d (%d log lines) | fds %s->%s rss %s->%s KiB "
               "close-wait=%s exit=%s | %s"
-              % (self.seed, "%ds" % self.args.seconds, c["started"], c["completed"], c["corrupted"], lost,
+              % (self.seed, "%ds" % self.args.seconds,
+                 " poller=" + os.environ["MIXCTL_POLLER"] if os.environ.get("MIXCTL_POLLER") else "", c["started"], c["completed"], c["corrupted"], lost,
                  lost_worker, lost_upstream, no_upstream, len(unaccounted), c["refused"], len(reset_as_fin),
                  e["worker_kill"], e["reload_good"],
                  e["reload_bad_syntax"] + e["reload_bad_empty"] + e["reload_bad_clash"],
@@ -1093,8 +1094,9 @@ def main():
         return 0 if asyncio.run(scale(args)) else 1
     if args.seed is None:
         args.seed = random.SystemRandom().getrandbits(31)
-    print("chaos: seed=%d, %d s of chaos, %d client loops, mixctl %s" % (args.seed, args.seconds, args.clients,
-                                                                       args.mixctl), flush=True)
+    print("chaos: seed=%d, %d s of chaos, %d client loops, mixctl %s%s" % (
+        args.seed, args.seconds, args.clients, args.mixctl,
+        " (MIXCTL_POLLER=%s)" % os.environ["MIXCTL_POLLER"] if os.environ.get("MIXCTL_POLLER") else ""), flush=True)
     return 0 if asyncio.run(Run(args).main()) else 1
 
 

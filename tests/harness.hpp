@@ -780,10 +780,15 @@ public:
 
     void signal(int number) const { kill(pid_, number); }
 
+    // Once the daemon has exited, its last lines may still be in the pipe:
+    // wait (bounded) for the reader to reach the end, so log() has them all.
     Exit wait_exit(Ms limit = 10000ms) {
         if (exit_.exited()) return exit_;
         int status = 0;
-        if (wait_until([&] { return waitpid(pid_, &status, WNOHANG) == pid_; }, limit)) exit_ = decode(status);
+        if (wait_until([&] { return waitpid(pid_, &status, WNOHANG) == pid_; }, limit)) {
+            exit_ = decode(status);
+            wait_until([&] { return log_done_.load(); }, 5000ms);
+        }
         return exit_;
     }
 
@@ -793,7 +798,10 @@ private:
         for (;;) {
             ssize_t n = ::read(log_fd_.get(), buf, sizeof buf);
             if (n < 0 && errno == EINTR) continue;
-            if (n <= 0) return;
+            if (n <= 0) {
+                log_done_ = true;
+                return;
+            }
             std::lock_guard<std::mutex> lock(mutex_);
             log_.append(buf, static_cast<size_t>(n));
         }
@@ -807,6 +815,7 @@ private:
     std::thread reader_;
     mutable std::mutex mutex_;
     std::string log_;
+    std::atomic<bool> log_done_{false};
 };
 
 // The daemon's parent is still running.
