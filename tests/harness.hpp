@@ -732,9 +732,15 @@ public:
         }
         if (reader_.joinable()) reader_.join();
         if (test_failed()) {
+            // The last 64 KiB: a verbose soak logs megabytes.
             std::string text = log();
+            size_t size = text.size(), keep = 64 * 1024;
+            if (size > keep) {
+                size_t cut = text.find('\n', size - keep);
+                text = "[...]" + text.substr(cut == std::string::npos ? size - keep : cut);
+            }
             fprintf(stderr, "---- the failed test's mixctl (pid %d, %s) logged %zu bytes:\n%s%s---- end of log\n",
-                    static_cast<int>(pid_), file_.c_str(), text.size(), text.c_str(),
+                    static_cast<int>(pid_), file_.c_str(), size, text.c_str(),
                     text.empty() || text.back() == '\n' ? "" : "\n");
         }
     }
