@@ -149,10 +149,11 @@ FORCE:
 	test-install test-systemd
 
 # ---- fuzzing, sanitizers, valgrind (issue 5: "Proof") ----------------------
-#   make fuzz [FUZZ_SECONDS=30]   libFuzzer over every tests/fuzz_NAME.cpp (today yaml_lite
-#                                 and config validation):
+#   make fuzz [FUZZ_SECONDS=30]   libFuzzer over every tests/fuzz_NAME.cpp (today yaml_lite,
+#                                 config validation and the control socket's commands):
 #                                 each target runs FUZZ_SECONDS on a fresh copy of
-#                                 tests/fuzz/corpus in build/fuzz (the tree is never
+#                                 tests/fuzz/corpus-TARGET if there is one, else
+#                                 tests/fuzz/corpus, in build/fuzz (the tree is never
 #                                 written); non-zero exit on any crash, leak, hang
 #                                 or UB. Crash inputs land in build/fuzz/artifacts.
 #   make sanitize                 mixctl and the tests with ASan+UBSan into build/sanitize
@@ -179,7 +180,8 @@ fuzz-build: $(addprefix $(FUZZ_DIR)/fuzz_,$(FUZZ_TARGETS))
 fuzz: fuzz-build
 	@rc=0; for t in $(FUZZ_TARGETS); do \
 	    rm -rf $(FUZZ_DIR)/corpus-$$t; mkdir -p $(FUZZ_DIR)/corpus-$$t $(FUZZ_DIR)/artifacts; \
-	    cp tests/fuzz/corpus/* $(FUZZ_DIR)/corpus-$$t/; \
+	    if [ -d tests/fuzz/corpus-$$t ]; then cp tests/fuzz/corpus-$$t/* $(FUZZ_DIR)/corpus-$$t/; \
+	    else cp tests/fuzz/corpus/* $(FUZZ_DIR)/corpus-$$t/; fi; \
 	    echo "fuzz_$$t: $(FUZZ_SECONDS) s"; \
 	    if ! ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 	        $(FUZZ_DIR)/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=2048 \
