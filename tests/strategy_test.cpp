@@ -609,7 +609,8 @@ TEST_CASE("SIGUSR1 lists per-upstream state, active, total, failed and byte coun
         REQUIRE(held.back());
     }
     s = stats_until(d, 2, [&](std::map<std::string, Stat>& st) {
-        return st[a.address()].active == 2 && st[a.address()].bytes_in == in && st[a.address()].bytes_out == out;
+        return st[a.address()].active == 2 && st[a.address()].total == 12 && st[a.address()].bytes_in == in &&
+               st[a.address()].bytes_out == out;
     });
     REQUIRE(s.size() == 2);
     INFO(s[a.address()].line << "\n" << s[dead_address].line);
