@@ -33,7 +33,8 @@ inline bool is_name(const std::string& host) {
 }
 
 inline bool needed(const config::Config& cfg) {
-    for (const config::Rule& rule : cfg.rules) {
+    for (const config::Rule* pool : config::pools(cfg)) {
+        const config::Rule& rule = *pool;
         if (rule.policy.health.enabled) return true;
         for (const config::Upstream& up : rule.to)
             if (is_name(up.where.host)) return true;
@@ -47,7 +48,7 @@ public:
     Checker(const upstreams::Shared& shared, const mixlog::Logger& log, int parent_fd, int metrics_fd)
         : shared_(shared), log_(log), parent_fd_(parent_fd), metrics_(metrics_fd, shared) {
         Clock::time_point now = Clock::now();
-        for (size_t r = 0; r < shared.rules(); ++r) {
+        for (size_t r = 0; r < shared.pools(); ++r) {
             const config::Rule& rule = *shared.pool(r).rule;
             for (size_t u = 0; u < rule.to.size(); ++u) {
                 Watch w;

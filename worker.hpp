@@ -21,6 +21,8 @@
 #include "balance.hpp"
 #include "log.hpp"
 #include "net.hpp"
+#include "preread.hpp"
+#include "proxy_protocol.hpp"
 #include "relay.hpp"
 #include "signals.hpp"
 #include "upstreams.hpp"
@@ -129,6 +131,12 @@ private:
         bool has_timer = false;
         bool waiting_for_fds = false;   // socket() hit EMFILE: the dial is retried
         bool holds_rule_slot = false;   // counted in the rule's active (max_conns)
+        size_t client_slot = SIZE_MAX;  // counted in the per-client table (max_conns_per_client)
+        size_t pool = 0;                // the pool dialed: the rule's own or a route's (upstreams::Shared)
+        // The pre-dial read phase (accept_proxy, routes), while it lasts.
+        std::unique_ptr<preread::Reader> pre;
+        std::string first_bytes;        // what it read of the client's: forwarded first
+        net::SockAddr local;            // our address as the client sees it (a PROXY header's destination)
         Clock::time_point last_activity{}, half_closed_at{};
         relay::Direction up;    // client -> upstream
         relay::Direction down;  // upstream -> client
@@ -251,7 +259,7 @@ private:
     }
 
     bool rule_full(size_t rule) const {
-        const upstreams::Pool& pool = shared_.pool(rule);
+        const upstreams::Pool& pool = shared_.rule_pool(rule);
         int max = pool.rule->policy.max_conns;
         return max > 0 && pool.state->active.load(std::memory_order_relaxed) >= static_cast<uint32_t>(max);
     }
@@ -259,7 +267,7 @@ private:
     // Takes a place under the rule's max_conns before accepting, so the
     // limit holds across workers without ever accepting and dropping.
     bool reserve_rule_slot(size_t rule) {
-        const upstreams::Pool& pool = shared_.pool(rule);
+        const upstreams::Pool& pool = shared_.rule_pool(rule);
         int max = pool.rule->policy.max_conns;
         shared_.add_active(static_cast<size_t>(settings_.index), *pool.state, 1);
         if (max > 0 && pool.state->active.load(std::memory_order_relaxed) > static_cast<uint32_t>(max)) {
@@ -270,7 +278,7 @@ private:
     }
 
     void release_rule_slot(size_t rule) {
-        shared_.add_active(static_cast<size_t>(settings_.index), *shared_.pool(rule).state, -1);
+        shared_.add_active(static_cast<size_t>(settings_.index), *shared_.rule_pool(rule).state, -1);
     }
 
     void handle_listeners() {
@@ -304,28 +312,65 @@ private:
                 return;
             }
             board_.slot(settings_.index).accepted.fetch_add(1);
-            if (!admitted(rule, peer, index)) {
+            // Behind accept_proxy the client is who the header says: allow,
+            // deny and the per-client limit wait for it.
+            const config::Rule& r = *shared_.rule_pool(rule).rule;
+            bool ok = r.policy.accept_proxy ? trusted_sender(rule, peer, index) : admitted(rule, peer, index);
+            size_t client_slot = SIZE_MAX;
+            if (ok && !r.policy.accept_proxy) ok = take_client_slot(rule, peer, index, client_slot);
+            if (!ok) {
                 release_rule_slot(rule);
                 continue;  // closed as `client` goes out of scope
             }
-            start(std::move(client), peer, index);
+            start(std::move(client), peer, index, client_slot);
         }
     }
 
     // allow:/deny: checked right after accept. Deny wins; a non-empty allow
     // list admits only what it names.
     bool admitted(size_t rule, const net::SockAddr& peer, size_t listener) {
-        const config::Policy& policy = shared_.pool(rule).rule->policy;
+        const config::Policy& policy = shared_.rule_pool(rule).rule->policy;
         if (policy.allow.empty() && policy.deny.empty()) return true;
         bool ok = policy.allow.empty();
         for (const net::Cidr& c : policy.allow) ok = ok || net::cidr_contains(c, peer);
         for (const net::Cidr& c : policy.deny) ok = ok && !net::cidr_contains(c, peer);
         if (ok) return true;
-        shared_.pool(rule).state->denied.fetch_add(1);
+        shared_.rule_pool(rule).state->denied.fetch_add(1);
         std::string more;
-        if (throttle_.allow("denied " + shared_.pool(rule).rule->name, now_, more))
+        if (throttle_.allow("denied " + shared_.rule_pool(rule).rule->name, now_, more))
             log_.print("denied %s on %s (%s)%s", peer.text().c_str(), listeners_[listener].address.c_str(),
-                       shared_.pool(rule).rule->name.c_str(), more.c_str());
+                       shared_.rule_pool(rule).rule->name.c_str(), more.c_str());
+        return false;
+    }
+
+    // proxy_trusted: who may send a PROXY header. Anyone else is closed at
+    // once, before a byte is read (its header could claim any address).
+    bool trusted_sender(size_t rule, const net::SockAddr& peer, size_t listener) {
+        const upstreams::Pool& pool = shared_.rule_pool(rule);
+        if (pool.rule->policy.proxy_trusted.empty()) return true;
+        for (const net::Cidr& c : pool.rule->policy.proxy_trusted)
+            if (net::cidr_contains(c, peer)) return true;
+        pool.state->bad_preread.fetch_add(1);
+        std::string more;
+        if (throttle_.allow("untrusted " + pool.rule->name, now_, more))
+            log_.print("closed %s on %s (%s): not in proxy_trusted%s", peer.text().c_str(),
+                       listeners_[listener].address.c_str(), pool.rule->name.c_str(), more.c_str());
+        return false;
+    }
+
+    // max_conns_per_client, across workers (upstreams::ClientTable).
+    bool take_client_slot(size_t rule, const net::SockAddr& client, size_t listener, size_t& slot) {
+        const upstreams::Pool& pool = shared_.rule_pool(rule);
+        int limit = pool.rule->policy.max_conns_per_client;
+        if (limit <= 0) return true;
+        upstreams::ClientTable& table = shared_.clients();
+        auto took = table.take(static_cast<size_t>(settings_.index), upstreams::ClientTable::key(rule, client), limit, slot);
+        if (took != upstreams::ClientTable::Take::over_limit) return true;
+        pool.state->over_client_limit.fetch_add(1);
+        std::string more;
+        if (throttle_.allow("per-client " + pool.rule->name, now_, more))
+            log_.print("refused %s on %s (%s): max_conns_per_client %d reached%s", client.text().c_str(),
+                       listeners_[listener].address.c_str(), pool.rule->name.c_str(), limit, more.c_str());
         return false;
     }
 
@@ -371,25 +416,93 @@ private:
         return random_state_;
     }
 
-    void start(net::Fd client, const net::SockAddr& peer, size_t listener) {
+    void start(net::Fd client, const net::SockAddr& peer, size_t listener, size_t client_slot) {
         uint32_t id = new_conn();
         Conn& c = *conns_[id];
         c.client = std::move(client);
         c.client_address = peer;
         c.listener = listener;
+        c.client_slot = client_slot;
         c.started = c.last_activity = now_;
         c.holds_rule_slot = true;
+        const size_t rule = listeners_[listener].rule;
+        c.pool = shared_.rule_pool_index(rule);
         if (!net::accepted_sockets_inherit_tuning) net::tune_stream(c.client.get());
-        const upstreams::Pool& pool = pool_of(c);
-        auto random = [this] { return next_random(); };
-        if (!upstreams::plan(pool, peer, to_ms(now_), random, c.order)) warn_fail_open(pool);
-        c.slot[client_side] = static_cast<int>(add_slot(c.client.get(), 0, id, client_side));
         ++live_;
         board_.slot(settings_.index).active.fetch_add(1, std::memory_order_relaxed);
+        const config::Rule& r = *shared_.rule_pool(rule).rule;
+        if (r.prereads()) {
+            // Read the PROXY header and/or ClientHello first, under one deadline.
+            c.pre.reset(new preread::Reader(r));
+            c.slot[client_side] = static_cast<int>(add_slot(c.client.get(), readable, id, client_side));
+            schedule(c, id, now_ + std::chrono::duration_cast<Clock::duration>(r.policy.preread_timeout));
+            return;
+        }
+        c.slot[client_side] = static_cast<int>(add_slot(c.client.get(), 0, id, client_side));
+        plan_and_dial(id);
+    }
+
+    void plan_and_dial(uint32_t id) {
+        Conn& c = *conns_[id];
+        const upstreams::Pool& pool = pool_of(c);
+        auto random = [this] { return next_random(); };
+        if (!upstreams::plan(pool, c.client_address, to_ms(now_), random, c.order)) warn_fail_open(pool);
         dial_next(id);
     }
 
-    const upstreams::Pool& pool_of(const Conn& c) const { return shared_.pool(listeners_[c.listener].rule); }
+    // ---- the pre-dial read phase (preread.hpp) ------------------------
+
+    void on_preread_event(uint32_t id, short revents) {
+        Conn& c = *conns_[id];
+        preread::Reader& pre = *c.pre;
+        if (revents & (POLLIN | POLLHUP | POLLERR)) {
+            while (pre.step() == preread::Step::need_more) {
+                size_t room = std::min(pre.room(), relay::buffer_size);
+                ssize_t n = ::read(c.client.get(), scratch_.get(), room);
+                if (n > 0) {
+                    pre.feed(scratch_.get(), static_cast<size_t>(n));
+                    continue;
+                }
+                if (n < 0 && errno == EINTR) continue;
+                if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
+                pre.ended();  // EOF or an error
+            }
+        }
+        preread_step(id);
+    }
+
+    void preread_step(uint32_t id) {
+        Conn& c = *conns_[id];
+        preread::Reader& pre = *c.pre;
+        if (pre.step() == preread::Step::need_more) return;
+        const size_t rule = listeners_[c.listener].rule;
+        const upstreams::Pool& own = shared_.rule_pool(rule);
+        if (pre.step() == preread::Step::reject) {
+            (pre.refusal() == preread::Refusal::unrouted ? own.state->unrouted : own.state->bad_preread).fetch_add(1);
+            std::string why = std::string(pre.refusal() == preread::Refusal::unrouted ? "no route: " : "") + pre.why();
+            if (!pre.server_name().empty()) why += " (" + pre.server_name() + ")";
+            finish(id, why.c_str(), false);
+            return;
+        }
+        if (pre.has_address()) {
+            c.client_address = pre.client();
+            c.local = pre.destination();
+        }
+        if (own.rule->policy.accept_proxy &&
+            (!admitted(rule, c.client_address, c.listener) ||
+             !take_client_slot(rule, c.client_address, c.listener, c.client_slot))) {
+            finish(id, "refused", false);
+            return;
+        }
+        if (pre.route() >= 0) c.pool = shared_.route_pool_index(rule, static_cast<size_t>(pre.route()));
+        c.first_bytes = std::move(pre.bytes());
+        c.pre.reset();
+        unschedule(c, id);
+        set_events(c, client_side, 0);
+        plan_and_dial(id);
+    }
+
+    const upstreams::Pool& pool_of(const Conn& c) const { return shared_.pool(c.pool); }
     const config::Rule& rule_of(const Conn& c) const { return *pool_of(c).rule; }
     const std::string& target_text(const Conn& c) const { return rule_of(c).to[c.target].text; }
 
@@ -499,13 +612,19 @@ private:
         if (log_.verbose())  // the arguments cost a clock read, a printf and a malloc
             log_.trace("Connected %s => %s (%s)", listeners_[c.listener].address.c_str(), target_text(c).c_str(),
                        c.client_address.text().c_str());
-        if (rule_of(c).policy.proxy != proxy_protocol::Version::off) {
-            // Sent at once, not with the first client byte: with SSH the
-            // server speaks first and the client would wait forever.
-            net::SockAddr local;
-            net::local_address(c.client.get(), local);
-            std::string header = proxy_protocol::header(rule_of(c).policy.proxy, c.client_address, local);
-            if (int err = c.up.send_first(c.upstream.get(), header, pool_)) {
+        if (rule_of(c).policy.proxy != proxy_protocol::Version::off || !c.first_bytes.empty()) {
+            // A PROXY header is sent at once, not with the first client byte:
+            // with SSH the server speaks first and the client would wait
+            // forever. What the client sent before the dial follows it.
+            std::string first;
+            if (rule_of(c).policy.proxy != proxy_protocol::Version::off) {
+                if (c.local.family() == 0) net::local_address(c.client.get(), c.local);
+                first = proxy_protocol::header(rule_of(c).policy.proxy, c.client_address, c.local);
+            }
+            first += c.first_bytes;
+            size_t client_part = c.first_bytes.size();
+            std::string().swap(c.first_bytes);
+            if (int err = c.up.send_first(c.upstream.get(), first, pool_, client_part)) {
                 finish(id, net::errno_text(err).c_str(), true);
                 return;
             }
@@ -546,6 +665,11 @@ private:
 
     void on_timer(uint32_t id, Clock::time_point now) {
         Conn& c = *conns_[id];
+        if (c.pre) {
+            c.pre->timed_out();
+            preread_step(id);
+            return;
+        }
         if (c.waiting_for_fds) {
             c.waiting_for_fds = false;
             dial_next(id);
@@ -594,7 +718,8 @@ private:
             pollfds_[i].revents = 0;
             Owner owner = slots_[i];
             Conn& c = *conns_[owner.conn];
-            if (!c.connected) on_dial_event(owner, revents);
+            if (c.pre) on_preread_event(owner.conn, revents);
+            else if (!c.connected) on_dial_event(owner, revents);
             else on_relay_event(owner, revents);
         }
     }
@@ -686,6 +811,7 @@ private:
         Conn& c = *conns_[id];
         unschedule(c, id);
         if (c.holds_rule_slot) release_rule_slot(listeners_[c.listener].rule);
+        if (c.client_slot != SIZE_MAX) shared_.clients().release(static_cast<size_t>(settings_.index), c.client_slot);
         if (log_.verbose()) log_closed(c, reason);
         if (c.connected) shared_.add_active(static_cast<size_t>(settings_.index), pool_of(c).at(c.target), -1);
         if (abort) {
