@@ -211,6 +211,7 @@ TEST_CASE("SNI: routes have their own strategy, stats and metrics labelled by ro
                     "\"} 2") != std::string::npos);
     CHECK(text.find("mixctl_upstream_connections_total{rule=\"https\",upstream=\"" + other.address() + "\"} 0") !=
           std::string::npos);
+    CHECK(text.find("mixctl_rule_refused_total{rule=\"https\",reason=\"no_route\"} 0") != std::string::npos);
     d.signal(SIGUSR1);
     CHECK(d.wait_log("stats rule=https route=app upstream=" + a1.address()));
 }
