@@ -135,12 +135,13 @@ private:
         dialer::Dial dial;
         bool waiting_for_fds = false;   // socket() hit EMFILE: the dial is retried
         bool holds_rule_slot = false;   // counted in the rule's active (max_conns)
-        size_t client_slot = SIZE_MAX;  // counted in the per-client table (max_conns_per_client)
-        size_t pool = 0;                // the pool dialed (upstreams::Shared): the rule's own or a route's
-        // The pre-dial read phase (accept_proxy, routes), while it lasts.
+        bool prereading = false;        // in the pre-dial read phase (accept_proxy, routes)
+        uint32_t pool = 0;              // the pool dialed (upstreams::Shared): the rule's own or a route's
+        uint32_t client_slot = UINT32_MAX;  // counted in the per-client table (max_conns_per_client)
+        // Only for rules that read before dialing, until the upstream is
+        // connected: what was read (forwarded first) and the PROXY header's
+        // addresses. A pointer, so other connections pay 8 bytes for it.
         std::unique_ptr<preread::Reader> pre;
-        std::string first_bytes;        // what it read of the client's: forwarded first
-        net::SockAddr local;            // our address as the client sees it (a PROXY header's destination)
         // The one timer (timers_, by id) is the dial deadline while dialing,
         // then the next idle or half-close check.
         Clock::time_point last_activity{}, half_closed_at{};
@@ -237,7 +238,7 @@ private:
         Side side = static_cast<Side>(e.token & 1);
         if (id >= conns_.size() || conns_[id]->token[side] != e.token) return;  // closed earlier this turn
         Conn& c = *conns_[id];
-        if (c.pre) on_preread_event(id, e.events);
+        if (c.prereading) on_preread_event(id, e.events);
         else if (!c.connected) on_dial_event(id, side, e.events);
         else on_relay_event(id, side, e.events);
     }
@@ -286,10 +287,10 @@ private:
         c.client = std::move(client);
         c.client_address = peer;
         c.listener = listener;
-        c.client_slot = client_slot;
+        c.client_slot = static_cast<uint32_t>(client_slot);  // SIZE_MAX becomes UINT32_MAX: none
         c.started = c.last_activity = now_;
         c.holds_rule_slot = true;
-        c.pool = shared_.rule_pool_index(rule_of(c));
+        c.pool = static_cast<uint32_t>(shared_.rule_pool_index(rule_of(c)));
         ++live_;
         board_.slot(settings_.index).active.fetch_add(1, std::memory_order_relaxed);
         if (!net::accepted_sockets_inherit_tuning) net::tune_stream(c.client.get());
@@ -297,6 +298,7 @@ private:
         if (own.prereads()) {
             // The PROXY header and/or ClientHello first, under one deadline.
             c.pre.reset(new preread::Reader(own));
+            c.prereading = true;
             if (int err = watch(c, id, client_side, readable)) return wait_set_full(id, err);
             timers_.schedule(id, now_ + std::chrono::duration_cast<Clock::duration>(own.policy.preread_timeout));
             return;
@@ -345,19 +347,19 @@ private:
             finish(id, why.c_str(), false);
             return;
         }
-        if (pre.has_address()) {
-            c.client_address = pre.client();
-            c.local = pre.destination();
+        if (pre.has_address()) c.client_address = pre.client();
+        if (own.rule->policy.accept_proxy) {
+            size_t slot = SIZE_MAX;
+            if (!acceptor_.admitted(rule_index, c.client_address, c.listener, now_) ||
+                !acceptor_.take_client_slot(rule_index, c.client_address, c.listener, now_, slot)) {
+                finish(id, "refused", false);
+                return;
+            }
+            c.client_slot = static_cast<uint32_t>(slot);
         }
-        if (own.rule->policy.accept_proxy &&
-            (!acceptor_.admitted(rule_index, c.client_address, c.listener, now_) ||
-             !acceptor_.take_client_slot(rule_index, c.client_address, c.listener, now_, c.client_slot))) {
-            finish(id, "refused", false);
-            return;
-        }
-        if (pre.route() >= 0) c.pool = shared_.route_pool_index(rule_index, static_cast<size_t>(pre.route()));
-        c.first_bytes = std::move(pre.bytes());
-        c.pre.reset();
+        if (pre.route() >= 0)
+            c.pool = static_cast<uint32_t>(shared_.route_pool_index(rule_index, static_cast<size_t>(pre.route())));
+        c.prereading = false;  // c.pre keeps the bytes for connected()
         timers_.cancel(id);
         if (int err = set_events(c, client_side, 0)) return wait_set_full(id, err);
         dialer_.plan(c.pool, c.client_address, now_, c.dial);
@@ -424,18 +426,23 @@ private:
             log_.trace("Connected %s => %s (%s)", acceptor_.listener(c.listener).address.c_str(),
                        target_text(c).c_str(), c.client_address.text().c_str());
         const proxy_protocol::Version proxy = rule(c).policy.proxy;
-        if (proxy != proxy_protocol::Version::off || !c.first_bytes.empty()) {
+        if (proxy != proxy_protocol::Version::off || c.pre) {
             // A PROXY header is sent at once, not with the first client byte:
             // with SSH the server speaks first and the client would wait
             // forever. What the client sent before the dial follows it.
             std::string first;
             if (proxy != proxy_protocol::Version::off) {
-                if (c.local.family() == 0) net::local_address(c.client.get(), c.local);
-                first = proxy_protocol::header(proxy, c.client_address, c.local);
+                net::SockAddr local;  // as the client sees us: a received header's destination
+                if (c.pre && c.pre->has_address()) local = c.pre->destination();
+                else net::local_address(c.client.get(), local);
+                first = proxy_protocol::header(proxy, c.client_address, local);
             }
-            first += c.first_bytes;
-            const size_t client_part = c.first_bytes.size();
-            std::string().swap(c.first_bytes);
+            size_t client_part = 0;
+            if (c.pre) {
+                first += c.pre->bytes();
+                client_part = c.pre->bytes().size();
+                c.pre.reset();
+            }
             if (int err = c.up.send_first(c.upstream.get(), first, pool_, client_part)) {
                 finish(id, net::errno_text(err).c_str(), true);
                 return;
@@ -506,7 +513,7 @@ private:
 
     void on_timer(uint32_t id, Clock::time_point now) {
         Conn& c = *conns_[id];
-        if (c.pre) {
+        if (c.prereading) {
             c.pre->timed_out();
             preread_step(id);
             return;
@@ -587,7 +594,7 @@ private:
         Conn& c = *conns_[id];
         timers_.cancel(id);
         if (c.holds_rule_slot) acceptor_.release_rule_slot(rule_of(c));
-        acceptor_.release_client_slot(c.client_slot);
+        if (c.client_slot != UINT32_MAX) acceptor_.release_client_slot(c.client_slot);
         if (log_.verbose()) log_closed(c, reason);
         if (c.connected) shared_.add_active(static_cast<size_t>(settings_.index), upstream_state(c), -1);
         if (abort) {

@@ -215,3 +215,33 @@ TEST_CASE("SNI: routes have their own strategy, stats and metrics labelled by ro
     d.signal(SIGUSR1);
     CHECK(d.wait_log("stats rule=https route=app upstream=" + a1.address()));
 }
+
+TEST_CASE("SNI: a reload that adds a route sends its name there; counters of kept routes stay", "[sni][reload]") {
+    Server app(banner("app")), api(banner("api")), other(banner("default"));
+    uint16_t port = free_port();
+    auto rules = [&](bool with_api) {
+        std::string text = "rules:\n- name: https\n  from: 127.0.0.1:" + std::to_string(port) + "\n  to: [" +
+                           other.address() + "]\n  routes:\n    - {sni: app.example.com, to: " + app.address() + "}\n";
+        if (with_api) text += "    - {sni: api.example.com, to: " + api.address() + "}\n";
+        return text;
+    };
+    Daemon d(rules(false), {"-w", "2"});
+    REQUIRE(d.port("https") == port);
+    auto who = [&](const std::string& name) {
+        net::Fd fd = dial(port);
+        std::string reply;
+        if (!fd || !send_all(fd.get(), hello_bytes::hello(name)) || !read_exact(fd.get(), reply, 4)) return std::string();
+        return reply.substr(0, 3);
+    };
+    CHECK(who("api.example.com") == "def");
+    CHECK(who("app.example.com") == "app");
+    size_t before = d.count("reloaded ");
+    d.dir().write("rules.yaml", rules(true));
+    d.signal(SIGHUP);
+    REQUIRE(d.wait_log("reloaded ", 5000ms, before + 1));
+    CHECK(d.log().find("1 changed") != std::string::npos);
+    CHECK(wait_until([&] { return who("api.example.com") == "api"; }));
+    CHECK(who("app.example.com") == "app");
+    d.signal(SIGUSR1);
+    CHECK(d.wait_log("stats rule=https route=app.example.com upstream=" + app.address() + " state=up active=0 total=2"));
+}
