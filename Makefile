@@ -150,7 +150,8 @@ FORCE:
 
 # ---- fuzzing, sanitizers, valgrind (issue 5: "Proof") ----------------------
 #   make fuzz [FUZZ_SECONDS=30]   libFuzzer over every tests/fuzz_NAME.cpp (today yaml_lite,
-#                                 config validation and the control socket's commands):
+#                                 config validation, the control socket's commands, the TLS
+#                                 ClientHello reader and the PROXY header reader):
 #                                 each target runs FUZZ_SECONDS on a fresh copy of
 #                                 tests/fuzz/corpus-TARGET if there is one, else
 #                                 tests/fuzz/corpus, in build/fuzz (the tree is never

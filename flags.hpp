@@ -373,7 +373,9 @@ struct FlagSpec {
 inline const std::vector<FlagSpec>& flag_specs() {
     static const std::vector<FlagSpec> specs = [] {
         std::vector<FlagSpec> v = {
-            {"f", Kind::String, "rules file"},
+            {"f", Kind::String,
+             "rules file (YAML: rules of from/to; also routes (SNI), accept_proxy,\n"
+             "max_conns_per_client ...: see README.md or mixctl(8))"},
             {"t", Kind::Duration, "upstream dial timeout; 0 means no deadline"},
             {"v", Kind::Bool, "verbose: log every connection"},
             {"w", Kind::Int, "worker processes (default: number of online CPUs)"},
