@@ -374,7 +374,7 @@ inline const std::vector<FlagSpec>& flag_specs() {
     static const std::vector<FlagSpec> specs = [] {
         std::vector<FlagSpec> v = {
             {"f", Kind::String, "rules file"},
-            {"t", Kind::Duration, "upstream dial timeout; 0 means no deadline"},
+            {"t", Kind::Duration, "upstream dial timeout (with -probe: the whole probe's); 0 means no deadline"},
             {"v", Kind::Bool, "verbose: log every connection"},
             {"w", Kind::Int, "worker processes (default: number of online CPUs)"},
             {"check", Kind::Bool, "validate the config file, print \"configuration OK\" and exit"},
