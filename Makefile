@@ -5,6 +5,8 @@
 #   make test            unit and integration tests (Catch2)
 #   make test-embedded   BusyBox chroot, OpenWrt init, systemd unit, install, aarch64 under qemu
 #   make test-cross ARCH=aarch64|arm|mipsel     make test-busybox
+#   make test-ha         two mixctl + keepalived (VRRP) nodes in network namespaces: failover
+#                        after kill -9, SIGSTOP and link loss, reloads (root; ~1 min)
 #   make install PREFIX=/usr DESTDIR=pkg
 #   make bench           bench/run.py: mixctl against HAProxy, nginx stream and no proxy (~4 min)
 #   make bench-poll      bench/poll_scale.py: mixctl's poll() against HAProxy's epoll, CPU per
@@ -121,6 +123,9 @@ test-install:
 test-systemd:
 	tests/systemd_unit.sh
 
+test-ha: $(BIN)
+	MIXCTL=$(BIN) tests/ha.sh
+
 bench: mixctl
 	python3 bench/run.py $(BENCH_ARGS)
 
@@ -134,7 +139,7 @@ clean:
 FORCE:
 
 .PHONY: all static test install clean bench bench-poll FORCE test-embedded test-cross test-busybox test-openwrt \
-	test-install test-systemd
+	test-install test-systemd test-ha
 
 # ---- fuzzing, sanitizers, valgrind (issue 5: "Proof") ----------------------
 #   make fuzz [FUZZ_SECONDS=30]   libFuzzer over yaml_lite and config validation:
