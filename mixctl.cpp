@@ -30,6 +30,7 @@
 #include "privileges.hpp"
 #include "probe.hpp"
 #include "signals.hpp"
+#include "poller.hpp"
 #include "upstreams.hpp"
 #include "worker.hpp"
 #ifdef MIXCTL_STATIC
@@ -264,8 +265,8 @@ std::unique_ptr<Generation> build_generation(const std::string& file, size_t wor
 class Supervisor {
 public:
     Supervisor(const flags::Options& options, std::unique_ptr<Generation> first, const privileges::Identity* run_as,
-               const mixlog::Logger& log)
-        : options_(options), current_(std::move(first)), run_as_(run_as), log_(log) {}
+               const mixlog::Logger& log, poller::Backend backend)
+        : options_(options), current_(std::move(first)), run_as_(run_as), log_(log), backend_(backend) {}
 
     int run() {
         if (!wake_.open() || !open_lifeline()) {
@@ -439,6 +440,7 @@ private:
         settings.dial_timeout = std::chrono::duration_cast<Clock::duration>(options_.dial_timeout);
         settings.grace = grace();
         settings.parent_fd = lifeline_read_.get();
+        settings.backend = backend_;
         worker::Worker relay(gen.shared, gen.listeners, settings, log_, gen.board);
         return relay.run();
     }
@@ -548,6 +550,7 @@ private:
     const privileges::Identity* run_as_;
     std::vector<Retired> retired_;
     const mixlog::Logger& log_;
+    poller::Backend backend_;
     signals::SelfPipe wake_;
     net::Fd lifeline_read_, lifeline_write_;
     bool stopping_ = false;
@@ -599,13 +602,20 @@ int main(int argc, char** argv) {
             return 1;
         }
     }
+    poller::Backend backend = poller::default_backend();
+    const char* wanted = nullptr;
+    if (!poller::backend_from_env(backend, wanted)) {
+        log.print("error: MIXCTL_POLLER=%s: this build can wait with %s", wanted, poller::choices());
+        return 1;
+    }
     signals::ignore(SIGPIPE);
     raise_fd_limit(log);
     size_t workers = static_cast<size_t>(options.workers > 0 ? options.workers : online_cpus());
     std::unique_ptr<Generation> first = build_generation(options.file, workers, nullptr, log);
     if (!first) return 1;
     log_forwarding(first->cfg, first->listeners, log);
-    log.print("mixctl %s started: %zu workers, pid %d", MIXCTL_VERSION, workers, static_cast<int>(getpid()));
-    Supervisor supervisor(options, std::move(first), options.user.empty() ? nullptr : &identity, log);
+    log.print("mixctl %s started: %zu workers, pid %d, %s", MIXCTL_VERSION, workers, static_cast<int>(getpid()),
+              poller::name(backend));
+    Supervisor supervisor(options, std::move(first), options.user.empty() ? nullptr : &identity, log, backend);
     return supervisor.run();
 }
