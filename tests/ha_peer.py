@@ -74,7 +74,10 @@ def client(host, port, out, stop, seconds):
 
 
 def report(out, since=0.0):
-    attempts, failed, served, last_ok, gap = 0, 0, {}, None, 0.0
+    """The gap is the longest time without a good reply: between two good
+    replies, or from the first attempt to the first good reply, or from the
+    last good reply to the last attempt (an outage the loop ended in)."""
+    attempts, failed, served, last_ok, gap, last_t = 0, 0, {}, None, 0.0, None
     with open(out) as log:
         for line in log:
             words = line.split()
@@ -82,14 +85,18 @@ def report(out, since=0.0):
             if t < since:
                 continue
             attempts += 1
+            if last_ok is None:
+                last_ok = t
+            last_t = t
             if words[1] != "ok":
                 failed += 1
                 continue
             key = "%s via %s" % (words[2], words[3])
             served[key] = served.get(key, 0) + 1
-            if last_ok is not None:
-                gap = max(gap, t - last_ok)
+            gap = max(gap, t - last_ok)
             last_ok = t
+    if last_t is not None:
+        gap = max(gap, last_t - last_ok)
     spread = ", ".join("%s: %d" % (k, served[k]) for k in sorted(served))
     print("attempts=%d failed=%d gap=%.2fs served={%s}" % (attempts, failed, gap, spread))
 
