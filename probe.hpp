@@ -154,7 +154,7 @@ inline Outcome run(const Target& target, flags::Duration limit) {
     if (!net::resolve(target.where, false, addresses, why)) return fail(why);
     net::Fd fd;
     int err = ETIMEDOUT;
-    std::string tried;
+    std::string tried = addresses.front().text();
     for (const net::SockAddr& addr : addresses) {
         if (detail::ms_left(deadline) == 0) break;
         tried = addr.text();
