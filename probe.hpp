@@ -8,7 +8,8 @@
 // SIGSTOPped (wedged) mixctl succeeds. mixctl itself never writes a byte to a
 // client; a byte coming back can only have come from an upstream, through a
 // worker that accepted, dialed and relayed. A close without a byte is a
-// failure too: it is what a worker does when no upstream is reachable.
+// failure too: it is what a worker does when no upstream is reachable. When
+// no reply comes, /proc/net/tcp tells whether a worker accepted at all.
 //
 // What is sent: a HEAD request line, which HTTP servers answer, which Go TLS
 // servers (K3s, RKE2, the Kubernetes API) answer with "HTTP/1.0 400 Bad
@@ -17,7 +18,9 @@
 #pragma once
 
 #include <chrono>
+#include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -128,6 +131,72 @@ inline std::string first_line(const std::string& reply) {
     return "\"" + out + "\"";
 }
 
+// One address as /proc/net/tcp{,6} prints it: each 32-bit word of the
+// address in host byte order, %08X, then ":" and the port, %04X.
+inline std::string proc_net_text(const unsigned char* ip, size_t size, uint16_t port) {
+    std::string out;
+    char word[16];
+    for (size_t at = 0; at < size; at += 4) {
+        uint32_t w;
+        memcpy(&w, ip + at, 4);
+        snprintf(word, sizeof word, "%08X", w);
+        out += word;
+    }
+    snprintf(word, sizeof word, ":%04X", port);
+    return out + word;
+}
+
+// An address in both tables' forms: [0] for /proc/net/tcp (IPv4 only), [1]
+// for /proc/net/tcp6 (IPv6, or IPv4 mapped, as a dual-stack listener's
+// connections show).
+inline void proc_net_forms(const net::SockAddr& a, std::string forms[2]) {
+    if (a.family() == AF_INET) {
+        const auto* in = reinterpret_cast<const sockaddr_in*>(&a.storage);
+        unsigned char mapped[16] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+        memcpy(mapped + 12, &in->sin_addr, 4);
+        forms[0] = proc_net_text(reinterpret_cast<const unsigned char*>(&in->sin_addr), 4, a.port());
+        forms[1] = proc_net_text(mapped, 16, a.port());
+    } else if (a.family() == AF_INET6) {
+        const auto* in6 = reinterpret_cast<const sockaddr_in6*>(&a.storage);
+        forms[1] = proc_net_text(in6->sin6_addr.s6_addr, 16, a.port());
+    }
+}
+
+// Whether our connection is still in the listener's accept queue: Linux
+// shows the server's end of it in /proc/net/tcp{,6} with inode 0 until a
+// process accepts it. 1: waiting, 0: accepted, -1: cannot tell (no /proc).
+inline int waiting_to_be_accepted(int fd) {
+    net::SockAddr ours, theirs;
+    theirs.length = sizeof theirs.storage;
+    if (!net::local_address(fd, ours) || getpeername(fd, theirs.get(), &theirs.length) != 0) return -1;
+    std::string local[2], remote[2];  // the server end's: its local is our peer
+    proc_net_forms(theirs, local);
+    proc_net_forms(ours, remote);
+    const char* tables[2] = {"/proc/net/tcp", "/proc/net/tcp6"};
+    int answer = -1;
+    for (int t = 0; t < 2; ++t) {
+        if (local[t].empty() || remote[t].empty()) continue;
+        std::string text, error;
+        if (!config::read_file(tables[t], text, error)) continue;
+        answer = 0;
+        const std::string key = " " + local[t] + " " + remote[t] + " ";
+        size_t at = text.find(key);
+        if (at == std::string::npos) continue;
+        // After the addresses: st tx:rx tr:when retrnsmt uid timeout inode.
+        size_t end = text.find('\n', at);
+        std::string rest = text.substr(at + key.size(), end == std::string::npos ? std::string::npos : end - at - key.size());
+        std::vector<std::string> fields;  // no sscanf: it would add 35 KiB to a static binary
+        for (size_t i = 0; i < rest.size();) {
+            size_t j = rest.find(' ', i);
+            if (j == std::string::npos) j = rest.size();
+            if (j > i) fields.push_back(rest.substr(i, j - i));
+            i = j + 1;
+        }
+        if (fields.size() >= 7) return fields[6] == "0" ? 1 : 0;
+    }
+    return answer;
+}
+
 inline std::string millis(Clock::time_point since) {
     return std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - since).count()) + "ms";
 }
@@ -184,9 +253,15 @@ inline Outcome run(const Target& target, flags::Duration limit) {
     std::string reply;
     for (;;) {
         if (!detail::wait_for(fd.get(), POLLIN, deadline)) {
-            if (reply.empty())
-                return fail("no reply within " + budget +
-                            ": mixctl is stopped or wedged, or no upstream answers (connected, request sent)");
+            if (reply.empty()) {
+                int waiting = detail::waiting_to_be_accepted(fd.get());
+                if (waiting == 1)
+                    return fail("no reply within " + budget +
+                                ": not even accepted (connected into the backlog): mixctl is stopped or wedged");
+                if (waiting == 0)
+                    return fail("no reply within " + budget + ": accepted, but no upstream answered");
+                return fail("no reply within " + budget + ": mixctl is stopped or wedged, or no upstream answered");
+            }
             return fail("expected " + detail::first_line(ex.expect) + ", got " + detail::first_line(reply) +
                         " and then nothing within " + budget);
         }
