@@ -6,6 +6,7 @@
 #include <signal.h>
 
 #include <atomic>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -73,14 +74,41 @@ std::string fixed_port_rule(const std::string& name, const std::string& host, ui
     return rule_yaml(name, host + ":" + std::to_string(port), to);
 }
 
+// A mixctl with one rule on a port that was free a moment ago. On a busy
+// machine another process may take it first (a wildcard bind collides even
+// with a connected socket on that port): then another port is tried.
+std::unique_ptr<Daemon> daemon_on_free_port(const std::string& name, const std::string& host,
+                                            const std::vector<std::string>& to, const std::vector<std::string>& args,
+                                            uint16_t& port) {
+    for (int attempt = 0; attempt < 5; ++attempt) {
+        port = free_port();
+        auto d = std::make_unique<Daemon>(rules_yaml({fixed_port_rule(name, host, port, to)}), args);
+        if (d->port(name) == port) return d;
+    }
+    return nullptr;
+}
+
+// Every process of the daemon (parent and workers) has really stopped:
+// kill() returns before a signal takes effect.
+bool all_stopped(const std::vector<pid_t>& pids) {
+    for (pid_t pid : pids) {
+        net::Fd f(::open(("/proc/" + std::to_string(pid) + "/stat").c_str(), O_RDONLY | O_CLOEXEC));
+        std::string stat = drain_fd(f.get());
+        size_t paren = stat.rfind(')');
+        if (paren == std::string::npos || paren + 2 >= stat.size() || stat[paren + 2] != 'T') return false;
+    }
+    return true;
+}
+
 }  // namespace
 
 TEST_CASE("probe passes when an upstream replies through the listener", "[probe]") {
     Recorder rec;
     Server up(rec.handler());
-    uint16_t port = free_port();
-    Daemon d(rules_yaml({fixed_port_rule("api", "127.0.0.1", port, {up.address()})}), {"-w", "1", "-v=false"});
-    REQUIRE(d.port("api") == port);
+    uint16_t port = 0;
+    std::unique_ptr<Daemon> daemon = daemon_on_free_port("api", "127.0.0.1", {up.address()}, {"-w", "1", "-v=false"}, port);
+    REQUIRE(daemon);
+    Daemon& d = *daemon;
     Probe p = probe(d.file(), "api");
     INFO(d.log());
     CHECK(p.result.exit.code == 0);
@@ -98,9 +126,10 @@ TEST_CASE("probe finds a wildcard listener by name and by address", "[probe]") {
     INFO("from: \"" << host << ":PORT\"");
     Recorder rec;
     Server up(rec.handler());
-    uint16_t port = free_port();
-    Daemon d(rules_yaml({fixed_port_rule("k3s-api", host, port, {up.address()})}), {"-w", "1", "-v=false"});
-    REQUIRE(d.port("k3s-api") == port);
+    uint16_t port = 0;
+    std::unique_ptr<Daemon> daemon = daemon_on_free_port("k3s-api", host, {up.address()}, {"-w", "1", "-v=false"}, port);
+    REQUIRE(daemon);
+    Daemon& d = *daemon;
     Probe by_name = probe(d.file(), "k3s-api");
     CHECK(by_name.result.exit.code == 0);
     CHECK(starts_with(by_name.result.out, "probe ok: (k3s-api) 127.0.0.1:" + std::to_string(port) + ": "));
@@ -116,14 +145,18 @@ TEST_CASE("probe fails on a SIGSTOPped mixctl within its deadline, and passes af
     INFO("from: \"" << host << ":PORT\"");
     Recorder rec;
     Server up(rec.handler());
-    uint16_t port = free_port();
-    Daemon d(rules_yaml({fixed_port_rule("api", host, port, {up.address()})}), {"-w", "2", "-v=false"});
-    REQUIRE(d.port("api") == port);
-    REQUIRE(d.workers(2).size() == 2);
+    uint16_t port = 0;
+    std::unique_ptr<Daemon> daemon = daemon_on_free_port("api", host, {up.address()}, {"-w", "2", "-v=false"}, port);
+    REQUIRE(daemon);
+    Daemon& d = *daemon;
+    std::vector<pid_t> processes = d.workers(2);
+    REQUIRE(processes.size() == 2);
+    processes.push_back(d.pid());
     REQUIRE(probe(d.file(), "api").result.exit.code == 0);
     // Wedged: parent and workers stopped (the Daemon is its own process
     // group). The kernel still completes the probe's connect.
     REQUIRE(kill(-d.pid(), SIGSTOP) == 0);
+    REQUIRE(wait_until([&] { return all_stopped(processes); }, 5000ms));
     net::Fd plain = dial(port);
     CHECK(plain.valid());
     Probe p = probe(d.file(), "api", "500ms");
@@ -141,11 +174,11 @@ TEST_CASE("probe fails on a SIGSTOPped mixctl within its deadline, and passes af
 TEST_CASE("probe fails when the upstream black-holes SYNs, within its deadline", "[probe]") {
     BlackHole hole;
     REQUIRE(hole.swallows());
-    uint16_t port = free_port();
     // mixctl waits 5 s for the dial: the probe's own 500 ms must end first.
-    Daemon d(rules_yaml({fixed_port_rule("api", "127.0.0.1", port, {hole.address()})}),
-             {"-w", "1", "-v=false", "-t", "5s"});
-    REQUIRE(d.port("api") == port);
+    uint16_t port = 0;
+    std::unique_ptr<Daemon> daemon = daemon_on_free_port("api", "127.0.0.1", {hole.address()}, {"-w", "1", "-v=false", "-t", "5s"}, port);
+    REQUIRE(daemon);
+    Daemon& d = *daemon;
     Probe p = probe(d.file(), "api", "500ms");
     INFO(p.line());
     CHECK(p.result.exit.code == 1);
@@ -171,7 +204,7 @@ TEST_CASE("probe of a listener that does not exist: refused, exit 1", "[probe]")
     uint16_t port = closed_port();
     Recorder rec;
     Server up(rec.handler());
-    Daemon d(rules_yaml({fixed_port_rule("api", "127.0.0.1", free_port(), {up.address()})}), {"-w", "1", "-v=false"});
+    Daemon d(rules_yaml({rule_yaml("api", "127.0.0.1:0", {up.address()})}), {"-w", "1", "-v=false"});
     REQUIRE(d.port("api") != 0);
     std::string address = "127.0.0.1:" + std::to_string(port);
     Probe p = probe(d.file(), address);
@@ -196,10 +229,10 @@ TEST_CASE("probe of a rule name that does not exist names the rules there are", 
 
 TEST_CASE("probe fails when no upstream is reachable: mixctl closes without a reply", "[probe]") {
     uint16_t dead = closed_port();
-    uint16_t port = free_port();
-    Daemon d(rules_yaml({fixed_port_rule("api", "127.0.0.1", port, {"127.0.0.1:" + std::to_string(dead)})}),
-             {"-w", "1", "-v=false"});
-    REQUIRE(d.port("api") == port);
+    uint16_t port = 0;
+    std::unique_ptr<Daemon> daemon = daemon_on_free_port("api", "127.0.0.1", {"127.0.0.1:" + std::to_string(dead)}, {"-w", "1", "-v=false"}, port);
+    REQUIRE(daemon);
+    Daemon& d = *daemon;
     Probe p = probe(d.file(), "api");
     INFO(p.line());
     CHECK(p.result.exit.code == 1);
@@ -209,9 +242,10 @@ TEST_CASE("probe fails when no upstream is reachable: mixctl closes without a re
 
 TEST_CASE("probe fails when the upstream accepts and never answers", "[probe]") {
     Server up(silent);
-    uint16_t port = free_port();
-    Daemon d(rules_yaml({fixed_port_rule("api", "127.0.0.1", port, {up.address()})}), {"-w", "1", "-v=false"});
-    REQUIRE(d.port("api") == port);
+    uint16_t port = 0;
+    std::unique_ptr<Daemon> daemon = daemon_on_free_port("api", "127.0.0.1", {up.address()}, {"-w", "1", "-v=false"}, port);
+    REQUIRE(daemon);
+    Daemon& d = *daemon;
     Probe p = probe(d.file(), "api", "300ms");
     CHECK(p.result.exit.code == 1);
     CHECK(p.result.err.find("no reply within 300ms: accepted, but no upstream answered\n") != std::string::npos);
