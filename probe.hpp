@@ -17,6 +17,7 @@
 // banner anyway. The whole probe, name lookup included, ends by the deadline.
 #pragma once
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -24,6 +25,7 @@
 #include <string>
 #include <vector>
 
+#include <fcntl.h>
 #include <poll.h>
 #include <sys/socket.h>
 
@@ -162,10 +164,27 @@ inline void proc_net_forms(const net::SockAddr& a, std::string forms[2]) {
     }
 }
 
+// Reads a /proc table, giving up at the deadline: with tens of thousands
+// of sockets on the machine, reading /proc/net/tcp takes the kernel a while.
+inline bool read_by(const char* path, Clock::time_point deadline, std::string& text) {
+    net::Fd fd(::open(path, O_RDONLY | O_CLOEXEC));
+    if (!fd) return false;
+    char chunk[16384];
+    for (;;) {
+        if (Clock::now() >= deadline) return false;
+        ssize_t n = ::read(fd.get(), chunk, sizeof chunk);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) return false;
+        if (n == 0) return true;
+        text.append(chunk, static_cast<size_t>(n));
+    }
+}
+
 // Whether our connection is still in the listener's accept queue: Linux
 // shows the server's end of it in /proc/net/tcp{,6} with inode 0 until a
-// process accepts it. 1: waiting, 0: accepted, -1: cannot tell (no /proc).
-inline int waiting_to_be_accepted(int fd) {
+// process accepts it. 1: waiting, 0: accepted, -1: cannot tell (no /proc,
+// or no answer by the deadline).
+inline int waiting_to_be_accepted(int fd, Clock::time_point deadline) {
     net::SockAddr ours, theirs;
     theirs.length = sizeof theirs.storage;
     if (!net::local_address(fd, ours) || getpeername(fd, theirs.get(), &theirs.length) != 0) return -1;
@@ -176,8 +195,11 @@ inline int waiting_to_be_accepted(int fd) {
     int answer = -1;
     for (int t = 0; t < 2; ++t) {
         if (local[t].empty() || remote[t].empty()) continue;
-        std::string text, error;
-        if (!config::read_file(tables[t], text, error)) continue;
+        std::string text;
+        if (!read_by(tables[t], deadline, text)) {
+            if (Clock::now() >= deadline) return -1;
+            continue;
+        }
         answer = 0;
         const std::string key = " " + local[t] + " " + remote[t] + " ";
         size_t at = text.find(key);
@@ -216,6 +238,10 @@ inline Outcome run(const Target& target, flags::Duration limit) {
     const Clock::time_point start = Clock::now();
     const Clock::time_point deadline = start + std::chrono::duration_cast<Clock::duration>(limit);
     const std::string budget = flags::format_duration(limit);
+    // The last fifth of the deadline (at most 200 ms) is kept for telling a
+    // stopped mixctl from a silent upstream when no reply comes.
+    const Clock::duration reserve = std::min<Clock::duration>(
+        std::chrono::duration_cast<Clock::duration>(limit) / 5, std::chrono::milliseconds(200));
     auto fail = [&](const std::string& why) { return Outcome{false, target.label + ": " + why}; };
 
     std::vector<net::SockAddr> addresses;
@@ -252,9 +278,9 @@ inline Outcome run(const Target& target, flags::Duration limit) {
 
     std::string reply;
     for (;;) {
-        if (!detail::wait_for(fd.get(), POLLIN, deadline)) {
+        if (!detail::wait_for(fd.get(), POLLIN, deadline - reserve)) {
             if (reply.empty()) {
-                int waiting = detail::waiting_to_be_accepted(fd.get());
+                int waiting = detail::waiting_to_be_accepted(fd.get(), deadline);
                 if (waiting == 1)
                     return fail("no reply within " + budget +
                                 ": not even accepted (connected into the backlog): mixctl is stopped or wedged");

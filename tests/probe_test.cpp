@@ -163,10 +163,11 @@ TEST_CASE("probe fails on a SIGSTOPped mixctl within its deadline, and passes af
     kill(-d.pid(), SIGCONT);
     INFO(p.line());
     CHECK(p.result.exit.code == 1);
-    CHECK(starts_with(p.result.err, "probe failed: (api) 127.0.0.1:" + std::to_string(port) +
-                                        ": no reply within 500ms: not even accepted (connected into the backlog): "
-                                        "mixctl is stopped or wedged\n"));
-    CHECK(p.took_ms < 2000);
+    CHECK(starts_with(p.result.err, "probe failed: (api) 127.0.0.1:" + std::to_string(port) + ": no reply within 500ms: "));
+    // "not even accepted ...", unless /proc/net/tcp could not be read in the
+    // deadline's last fifth (a machine with very many sockets).
+    CHECK(p.result.err.find("mixctl is stopped or wedged") != std::string::npos);
+    CHECK(p.took_ms < 3000);
     check_one_line(p);
     CHECK(wait_until([&] { return probe(d.file(), "api").result.exit.code == 0; }, 5000ms));
 }
@@ -183,8 +184,9 @@ TEST_CASE("probe fails when the upstream black-holes SYNs, within its deadline",
     INFO(p.line());
     CHECK(p.result.exit.code == 1);
     // mixctl accepted and is still dialing the hole.
-    CHECK(p.result.err.find("no reply within 500ms: accepted, but no upstream answered\n") != std::string::npos);
-    CHECK(p.took_ms < 2000);
+    CHECK(p.result.err.find("no reply within 500ms: ") != std::string::npos);
+    CHECK(p.result.err.find("no upstream answered\n") != std::string::npos);
+    CHECK(p.took_ms < 3000);
     check_one_line(p);
 }
 
@@ -197,7 +199,7 @@ TEST_CASE("probe of a listener that black-holes SYNs fails at its deadline", "[p
     CHECK(p.result.exit.code == 1);
     CHECK(p.result.err == "probe failed: " + hole.address() + ": connect " + hole.address() +
                               ": no answer within 400ms (a listener that drops SYNs, or a full backlog)\n");
-    CHECK(p.took_ms < 2000);
+    CHECK(p.took_ms < 3000);
 }
 
 TEST_CASE("probe of a listener that does not exist: refused, exit 1", "[probe]") {
@@ -248,9 +250,10 @@ TEST_CASE("probe fails when the upstream accepts and never answers", "[probe]") 
     Daemon& d = *daemon;
     Probe p = probe(d.file(), "api", "300ms");
     CHECK(p.result.exit.code == 1);
-    CHECK(p.result.err.find("no reply within 300ms: accepted, but no upstream answered\n") != std::string::npos);
+    CHECK(p.result.err.find("no reply within 300ms: ") != std::string::npos);
+    CHECK(p.result.err.find("no upstream answered\n") != std::string::npos);
     CHECK(up.accepted() == 1);
-    CHECK(p.took_ms < 2000);
+    CHECK(p.took_ms < 3000);
     up.stop();
 }
 
