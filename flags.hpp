@@ -387,6 +387,8 @@ inline const std::vector<FlagSpec>& flag_specs() {
             {"probe", Kind::String,
              "send one request through the listener of RULE (a rule name or listen address in -f) and exit:\n"
              "0 when an upstream replies within -t, 1 otherwise, with one line why (for keepalived's vrrp_script)"},
+            {"ctl", Kind::String,
+             "send a command (show, disable, enable, weight) to the control socket of -f's file, print the answer and exit"},
         };
         std::sort(v.begin(), v.end(), [](const FlagSpec& a, const FlagSpec& b) {
             return std::string_view(a.name) < std::string_view(b.name);
@@ -545,6 +547,8 @@ struct Options {
     bool syslog = false;                // -syslog
     std::string user;                   // -u USER[:GROUP]; empty: stay who we are
     std::string probe;                  // -probe RULE; empty: run the daemon
+    bool has_ctl = false;               // -ctl given
+    std::string ctl;                    // -ctl COMMAND
     std::vector<std::string> args;      // positional arguments left after parsing stops
 };
 
@@ -587,6 +591,11 @@ inline bool set_value(const FlagSpec& spec, std::string_view value, Options& opt
             return false;
         }
         options.probe = std::string(value);
+        return true;
+    }
+    if (name == "ctl") {
+        options.ctl = std::string(value);
+        options.has_ctl = true;
         return true;
     }
     if (name == "t" || name == "grace") {
@@ -638,7 +647,7 @@ inline void set_bool(std::string_view name, bool value, Options& options) {
 inline std::string default_text(const FlagSpec& spec, const Options& defaults) {
     const std::string_view name = spec.name;
     if (name == "f") return defaults.file.empty() ? std::string() : go_quote(defaults.file);
-    if (name == "u" || name == "probe") return std::string();
+    if (name == "u" || name == "probe" || name == "ctl") return std::string();
     if (name == "t" || name == "grace") {
         Duration d = name == "t" ? defaults.dial_timeout : defaults.grace;
         return d.count() == 0 ? std::string() : format_duration(d);
