@@ -29,6 +29,7 @@
 #include "log.hpp"
 #include "net.hpp"
 #include "privileges.hpp"
+#include "probe.hpp"
 #include "signals.hpp"
 #include "poller.hpp"
 #include "upstreams.hpp"
@@ -663,6 +664,7 @@ int main(int argc, char** argv) {
         printf("mixctl %s\n", MIXCTL_VERSION);
         return 0;
     }
+    if (!options.probe.empty()) return probe::main(options.probe, options.file, options.dial_timeout);
     mixlog::Logger log(options.verbose, options.syslog);
     if (!options.args.empty())
         log.print("warning: ignoring arguments after the flags: %s (bool flags take a value only as -v=false)",
