@@ -60,11 +60,13 @@ inline std::string render(const upstreams::Shared& shared, int64_t now_ms) {
     for (size_t f = 0; f < sizeof families / sizeof families[0]; ++f) {
         out += std::string("# HELP ") + families[f].name + " " + families[f].help + "\n";
         out += std::string("# TYPE ") + families[f].name + " " + families[f].type + "\n";
-        for (size_t r = 0; r < shared.rules(); ++r) {
+        for (size_t r = 0; r < shared.pools(); ++r) {
             const upstreams::Pool& pool = shared.pool(r);
+            // A route's upstreams carry its name too (a rule's own pool has no route label).
+            std::string route = pool.rule->route.empty() ? "" : "\",route=\"" + label(pool.rule->route);
             for (size_t u = 0; u < pool.size(); ++u) {
                 const upstreams::UpstreamState& s = pool.at(u);
-                std::string labels = "{rule=\"" + label(pool.rule->name) + "\",upstream=\"" +
+                std::string labels = "{rule=\"" + label(pool.rule->name) + route + "\",upstream=\"" +
                                      label(pool.rule->to[u].text) + "\"";
                 if (f == 9) {  // one series per state, so a query can sum or alert on any of them
                     std::string now = upstreams::state_name(s, now_ms);
@@ -88,6 +90,23 @@ inline std::string render(const upstreams::Shared& shared, int64_t now_ms) {
                 snprintf(value, sizeof value, "%llu", v);
                 out += std::string(families[f].name) + labels + "} " + value + "\n";
             }
+        }
+    }
+    // Connections a rule's listener closed before dialing, by reason.
+    out += "# HELP mixctl_rule_refused_total Connections closed before dialing, by reason.\n"
+           "# TYPE mixctl_rule_refused_total counter\n";
+    for (size_t r = 0; r < shared.rules(); ++r) {
+        const upstreams::Pool& pool = shared.rule_pool(r);
+        const std::pair<const char*, unsigned long long> reasons[] = {
+            {"deny", pool.state->denied.load()},
+            {"max_conns_per_client", pool.state->over_client_limit.load()},
+            {"preread", pool.state->bad_preread.load()},
+            {"no_route", pool.state->unrouted.load()},
+        };
+        for (const auto& reason : reasons) {
+            snprintf(value, sizeof value, "%llu", reason.second);
+            out += "mixctl_rule_refused_total{rule=\"" + label(pool.rule->name) + "\",reason=\"" + reason.first + "\"} " +
+                   value + "\n";
         }
     }
     return out;

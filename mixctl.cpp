@@ -29,6 +29,7 @@
 #include "log.hpp"
 #include "net.hpp"
 #include "privileges.hpp"
+#include "probe.hpp"
 #include "signals.hpp"
 #include "poller.hpp"
 #include "upstreams.hpp"
@@ -50,7 +51,7 @@ using Clock = std::chrono::steady_clock;
 struct Plan {
     std::vector<net::SockAddr> metrics;                             // where GET /metrics listens
     std::vector<std::vector<net::SockAddr>> binds;                  // per rule: addresses to listen on
-    std::vector<std::vector<std::vector<net::SockAddr>>> upstreams;  // per rule, per upstream
+    std::vector<std::vector<std::vector<net::SockAddr>>> upstreams;  // per pool (config::pools), per upstream
 };
 
 // Resolves every name now, so a typo fails at start (and in -check), not on
@@ -61,12 +62,15 @@ bool resolve_all(const config::Config& cfg, const std::string& file, Plan& plan,
         std::vector<net::SockAddr> binds;
         std::string why;
         if (!net::resolve(rule.from, true, binds, why)) diag.errors.push_back(at(rule.from_line) + "from: " + why);
+        plan.binds.push_back(std::move(binds));
+    }
+    for (const config::Rule* pool : config::pools(cfg)) {
         std::vector<std::vector<net::SockAddr>> targets;
-        for (const config::Upstream& up : rule.to) {
+        for (const config::Upstream& up : pool->to) {
             targets.emplace_back();
+            std::string why;
             if (!net::resolve(up.where, false, targets.back(), why)) diag.errors.push_back(at(up.line) + "to: " + why);
         }
-        plan.binds.push_back(std::move(binds));
         plan.upstreams.push_back(std::move(targets));
     }
     std::string why;
@@ -91,6 +95,13 @@ void log_forwarding(const config::Config& cfg, const std::vector<worker::Listene
         std::string to;
         for (const config::Upstream& up : rule.to) to += (to.empty() ? "" : " ") + up.text;
         log.print("Forwarding (%s) from: %s to: [%s]", rule.name.c_str(), l.address.c_str(), to.c_str());
+        for (const config::Rule& route : rule.routes) {
+            std::string names, targets;
+            for (const config::SniName& n : route.sni) names += (names.empty() ? "" : " ") + std::string(n.wildcard ? "*" : "") + n.name;
+            for (const config::Upstream& up : route.to) targets += (targets.empty() ? "" : " ") + up.text;
+            log.print("Forwarding (%s) from: %s sni: [%s] to: [%s]", rule.name.c_str(), l.address.c_str(),
+                      names.c_str(), targets.c_str());
+        }
     }
 }
 
@@ -217,17 +228,21 @@ void remove_control(const Generation& gone, const Generation* next) {
     if (gone.control && (!next || next->cfg.control != gone.cfg.control)) ::unlink(gone.cfg.control.c_str());
 }
 
-// Counters and health of upstreams that are still there survive a reload.
+// Counters and health of upstreams that are still there survive a reload
+// (a pool is the same when its rule and route names are).
 void carry_state(Generation& gen, const Generation& previous) {
-    for (size_t r = 0; r < gen.cfg.rules.size(); ++r) {
-        const config::Rule& rule = gen.cfg.rules[r];
-        for (size_t pr = 0; pr < previous.cfg.rules.size(); ++pr) {
-            const config::Rule& old_rule = previous.cfg.rules[pr];
-            if (old_rule.name != rule.name) continue;
+    for (size_t r = 0; r < gen.shared.pools(); ++r) {
+        const config::Rule& rule = *gen.shared.pool(r).rule;
+        for (size_t pr = 0; pr < previous.shared.pools(); ++pr) {
+            const config::Rule& old_rule = *previous.shared.pool(pr).rule;
+            if (old_rule.name != rule.name || old_rule.route != rule.route) continue;
             const upstreams::Pool& now = gen.shared.pool(r);
             const upstreams::Pool& before = previous.shared.pool(pr);
             now.state->cursor.store(before.state->cursor.load());
             now.state->denied.store(before.state->denied.load());
+            now.state->over_client_limit.store(before.state->over_client_limit.load());
+            now.state->bad_preread.store(before.state->bad_preread.load());
+            now.state->unrouted.store(before.state->unrouted.load());
             for (size_t u = 0; u < rule.to.size(); ++u)
                 for (size_t pu = 0; pu < old_rule.to.size(); ++pu)
                     if (old_rule.to[pu].text == rule.to[u].text) {
@@ -249,6 +264,13 @@ std::string fingerprint(const config::Rule& rule) {
                       std::to_string(p.health.rise) + "|" + std::to_string(p.health.fall);
     for (const config::Upstream& up : rule.to)
         out += "|" + up.text + "*" + std::to_string(up.weight) + (up.backup ? "b" : "");
+    out += "|" + std::to_string(p.accept_proxy) + std::to_string(p.max_conns_per_client) + "|" +
+           std::to_string(p.preread_timeout.count()) + "|" + std::to_string(p.proxy_trusted.size());
+    for (const config::Rule& route : rule.routes) {
+        out += "|route " + route.route;
+        for (const config::SniName& n : route.sni) out += " " + n.name + (n.wildcard ? "*" : "");
+        out += " " + fingerprint(route);
+    }
     return out;
 }
 
@@ -553,16 +575,25 @@ private:
     void log_stats() {
         const Generation& gen = *current_;
         int64_t now_ms = worker::to_ms(Clock::now());
-        for (size_t r = 0; r < gen.shared.rules(); ++r) {
+        for (size_t r = 0; r < gen.shared.pools(); ++r) {
             const upstreams::Pool& pool = gen.shared.pool(r);
-            log_.print("stats clients rule=%s active=%u denied=%llu", pool.rule->name.c_str(), pool.state->active.load(),
-                       static_cast<unsigned long long>(pool.state->denied.load()));
+            if (pool.rule->route.empty())
+                log_.print("stats clients rule=%s active=%u denied=%llu over_client_limit=%llu bad_preread=%llu "
+                           "unrouted=%llu",
+                           pool.rule->name.c_str(), pool.state->active.load(),
+                           static_cast<unsigned long long>(pool.state->denied.load()),
+                           static_cast<unsigned long long>(pool.state->over_client_limit.load()),
+                           static_cast<unsigned long long>(pool.state->bad_preread.load()),
+                           static_cast<unsigned long long>(pool.state->unrouted.load()));
+            // A route's upstreams: "route=NAME" after the rule.
+            std::string route = pool.rule->route.empty() ? "" : " route=" + pool.rule->route;
             for (size_t u = 0; u < pool.size(); ++u) {
                 const upstreams::UpstreamState& s = pool.at(u);
-                log_.print("stats rule=%s upstream=%s state=%s active=%u total=%llu failed=%llu bytes_in=%llu "
+                log_.print("stats rule=%s%s upstream=%s state=%s active=%u total=%llu failed=%llu bytes_in=%llu "
                            "bytes_out=%llu resets_by_client=%llu resets_by_upstream=%llu weight=%u",
-                           pool.rule->name.c_str(), pool.rule->to[u].text.c_str(), upstreams::state_name(s, now_ms),
-                           s.active.load(), static_cast<unsigned long long>(s.total.load()),
+                           pool.rule->name.c_str(), route.c_str(), pool.rule->to[u].text.c_str(),
+                           upstreams::state_name(s, now_ms), s.active.load(),
+                           static_cast<unsigned long long>(s.total.load()),
                            static_cast<unsigned long long>(s.failed.load()),
                            static_cast<unsigned long long>(s.bytes_in.load()),
                            static_cast<unsigned long long>(s.bytes_out.load()),
@@ -633,6 +664,7 @@ int main(int argc, char** argv) {
         printf("mixctl %s\n", MIXCTL_VERSION);
         return 0;
     }
+    if (!options.probe.empty()) return probe::main(options.probe, options.file, options.dial_timeout);
     mixlog::Logger log(options.verbose, options.syslog);
     if (!options.args.empty())
         log.print("warning: ignoring arguments after the flags: %s (bool flags take a value only as -v=false)",
