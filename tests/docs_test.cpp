@@ -325,6 +325,8 @@ const Context key_contexts[] = {
     {"rule", "rules:\n- {from: 127.0.0.1:0, to: [127.0.0.1:1], KEY: x}\n", ", "},
     {"upstream", "rules:\n- {from: 127.0.0.1:0, to: [{address: 127.0.0.1:1, KEY: x}]}\n", ", "},
     {"health_check", "rules:\n- {from: 127.0.0.1:0, to: [127.0.0.1:1], health_check: {KEY: x}}\n", ", "},
+    {"route", "rules:\n- {from: 127.0.0.1:0, to: [127.0.0.1:1], routes: [{sni: [a.example], to: [127.0.0.1:2], KEY: x}]}\n",
+     ", "},
 };
 
 std::string with_keys(const Context& c, const Names& keys) {
