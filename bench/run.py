@@ -36,6 +36,10 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
 TARGETS = ["mixctl", "haproxy", "nginx", "direct"]
 PROXIES = ["mixctl", "haproxy", "nginx"]
+# mixctl under each wait backend: "mixctl" is the build's default (epoll on
+# Linux), "mixctl-poll" the portable poll() backend of the same binary.
+MIXCTL_BACKENDS = {"mixctl": [], "mixctl-epoll": ["env", "MIXCTL_POLLER=epoll"],
+                   "mixctl-poll": ["env", "MIXCTL_POLLER=poll"]}
 T0 = time.monotonic()
 
 
@@ -497,11 +501,12 @@ def proxy_argv(kind, setup, listen, ups, tag):
     d = os.path.join(setup.tmp, "%s-%s" % (kind, tag))
     os.makedirs(d, exist_ok=True)
     w = setup.args.workers
-    if kind == "mixctl":
+    if kind in MIXCTL_BACKENDS:
         to = ", ".join("%s:%d" % (LOOP, u) for u in ups)
         cfg = write(os.path.join(d, "rules.yaml"),
                     "version: 0.1\nrules:\n- name: bench\n  from: %s:%d\n  to: [%s]\n" % (LOOP, listen, to))
-        return [setup.bins["mixctl"], "-w", str(w), "-v=false", "-f", cfg]
+        # env execs mixctl: the pid is mixctl's
+        return MIXCTL_BACKENDS[kind] + [setup.bins["mixctl"], "-w", str(w), "-v=false", "-f", cfg]
     if kind == "haproxy":
         servers = "".join("    server s%d %s:%d\n" % (i + 1, LOOP, u) for i, u in enumerate(ups))
         cfg = write(os.path.join(d, "haproxy.cfg"), (
