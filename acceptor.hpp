@@ -101,11 +101,13 @@ public:
 
     // A connection of this worker closed: its descriptors are free again,
     // so a pause for want of them ends now instead of at its timer.
+    // The listeners are tried in this very turn (an accept that finds
+    // nothing costs one EAGAIN) rather than after another wait.
     void descriptors_freed() {
-        if (paused_) {
-            paused_ = false;
-            resume_at_ = Clock::time_point{};
-        }
+        if (!paused_ || stopped_) return;
+        paused_ = false;
+        resume_at_ = Clock::time_point{};
+        for (size_t i = 0; i < listeners_.size(); ++i) ready_[i] = true;
     }
 
     // Our own shortage (accept, or a socket for a dial): stop accepting
