@@ -74,7 +74,8 @@ public:
     void arm(Clock::time_point now) {
         if (stopped_) return;
         if (paused_ && now >= resume_at_) paused_ = false;
-        listening_ = !paused_ && board_.may_accept(worker_, to_ms(now));
+        board_.set_short_of_fds(worker_, paused_);
+        listening_ = !paused_ && may_accept(now);
         rules_full_ = false;
         for (size_t i = 0; i < listeners_.size(); ++i) {
             bool full = rule_full(listeners_[i].rule);
@@ -114,6 +115,7 @@ public:
     // until a descriptor frees. Logged at most once per shortage_log_every.
     void pause(Clock::time_point now, size_t listener, int err, const char* call = "accept") {
         paused_ = true;
+        board_.set_short_of_fds(worker_, true);
         resume_at_ = now + std::chrono::milliseconds(pause_ms);
         for (size_t i = 0; i < listeners_.size(); ++i) listen_on(i, false);
         if (now < quiet_shortage_until_) {
@@ -133,6 +135,7 @@ public:
     void stop() {
         if (stopped_) return;
         stopped_ = true;
+        board_.set_short_of_fds(worker_, true);
         for (Listener& l : listeners_) {
             poller_.forget(l.fd.get(), false);  // shared with other processes: never implicit
             l.fd.reset();
@@ -160,7 +163,7 @@ private:
         const size_t rule = listeners_[index].rule;
         bool accepted = false;
         for (int n = 0; n < batch && !paused_; ++n) {
-            if (!board_.may_accept(worker_, to_ms(now))) break;
+            if (!may_accept(now)) break;
             if (!reserve_rule_slot(rule)) {
                 listen_on(index, false);  // full: the backlog holds the rest
                 rules_full_ = true;
@@ -189,6 +192,13 @@ private:
             start(std::move(client), peer, index);
         }
         return accepted;
+    }
+
+    // The balance board's say (balance.hpp): not too far ahead in accepts,
+    // nor in connections held.
+    bool may_accept(Clock::time_point now) const {
+        int64_t ms = to_ms(now);
+        return board_.may_accept(worker_, ms) && !board_.ahead_in_active(worker_, ms);
     }
 
     bool rule_full(size_t rule) const {

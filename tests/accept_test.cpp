@@ -206,3 +206,33 @@ TEST_CASE("at the descriptor limit with clients waiting, an idle worker does not
     }
     CHECK(alive(d));
 }
+
+TEST_CASE("long-lived connections opened at once spread over the workers instead of landing on one",
+          "[accept][balance]") {
+    Server up(echo);
+    Daemon d(one_rule(up), {"-w", "2", "-v=false"});
+    uint16_t port = d.port("r");
+    REQUIRE(port != 0);
+    std::vector<pid_t> workers = d.workers(2);
+    REQUIRE(workers.size() == 2);
+    for (int round = 0; round < 3; ++round) {
+        INFO("round " << round);
+        std::vector<int> base;
+        for (pid_t w : workers) base.push_back(settled_fd_count(w));
+        std::vector<net::Fd> conns;
+        for (int i = 0; i < 16; ++i) conns.push_back(dial(port));
+        for (net::Fd& c : conns) {  // every one relayed: each worker holds 2 fds per connection
+            REQUIRE(c);
+            std::string reply;
+            REQUIRE(send_all(c.get(), std::string("x\n")));
+            REQUIRE(read_exact(c.get(), reply, 2));
+        }
+        std::vector<int> held;
+        for (size_t i = 0; i < workers.size(); ++i) held.push_back((fd_count(workers[i]) - base[i]) / 2);
+        INFO("connections per worker: " << held[0] << " / " << held[1] << "\n" << d.log());
+        CHECK(held[0] + held[1] == 16);
+        // Before: 16/0, 15/1, 14/2 (the accept lead of 32 let one worker take
+        // the whole burst). Now at most active_lead apart, plus a race.
+        CHECK(std::max(held[0], held[1]) <= 11);
+    }
+}
