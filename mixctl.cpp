@@ -528,13 +528,15 @@ private:
             for (size_t u = 0; u < pool.size(); ++u) {
                 const upstreams::UpstreamState& s = pool.at(u);
                 log_.print("stats rule=%s upstream=%s state=%s active=%u total=%llu failed=%llu bytes_in=%llu "
-                           "bytes_out=%llu",
+                           "bytes_out=%llu resets_by_client=%llu resets_by_upstream=%llu",
                            pool.rule->name.c_str(), pool.rule->to[u].text.c_str(),
                            upstreams::is_up(s, now_ms) ? "up" : "down", s.active.load(),
                            static_cast<unsigned long long>(s.total.load()),
                            static_cast<unsigned long long>(s.failed.load()),
                            static_cast<unsigned long long>(s.bytes_in.load()),
-                           static_cast<unsigned long long>(s.bytes_out.load()));
+                           static_cast<unsigned long long>(s.bytes_out.load()),
+                           static_cast<unsigned long long>(s.client_resets.load()),
+                           static_cast<unsigned long long>(s.upstream_resets.load()));
             }
         }
         for (size_t i = 0; i < gen.workers; ++i) {

@@ -37,6 +37,8 @@ struct UpstreamState {
     shared64::U64 failed;     // connect attempts that failed
     shared64::U64 bytes_in;   // client -> upstream
     shared64::U64 bytes_out;  // upstream -> client
+    shared64::U64 client_resets;    // relays the client aborted (passed on to the upstream as RST)
+    shared64::U64 upstream_resets;  // relays the upstream aborted (passed on to the client as RST)
     // Passive health: max_fails failures within fail_timeout -> down until.
     shared64::I64 window_start_ms;
     std::atomic<uint32_t> window_fails{0};
@@ -218,6 +220,8 @@ inline void copy_history(const UpstreamState& from, UpstreamState& to) {
     to.failed.store(from.failed.load());
     to.bytes_in.store(from.bytes_in.load());
     to.bytes_out.store(from.bytes_out.load());
+    to.client_resets.store(from.client_resets.load());
+    to.upstream_resets.store(from.upstream_resets.load());
     to.window_start_ms.store(from.window_start_ms.load());
     to.window_fails.store(from.window_fails.load());
     to.down_until_ms.store(from.down_until_ms.load());
