@@ -11,6 +11,7 @@
 #include <vector>
 
 #include <fcntl.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include "flags.hpp"
@@ -40,6 +41,12 @@ struct HealthCheck {
     Duration timeout = std::chrono::seconds(1);
     int rise = 2;
     int fall = 3;
+    // Deeper checks: after the connect, `send` goes out and the reply must
+    // start with `expect`; or, with `tls`, a ClientHello (with `sni` when set)
+    // must be answered by a TLS handshake record.
+    std::string send, expect;
+    bool tls = false;
+    std::string sni;
 };
 
 // How a rule picks and judges its upstreams. Set per rule, or once under
@@ -56,8 +63,21 @@ struct Policy {
     Duration idle_timeout{};
     Duration halfclose_timeout{};
     int max_conns = 0;  // across all workers; 0: no limit
+    int retries = -1;   // further upstreams a failed connect moves on to; -1: all of them
     std::vector<net::Cidr> allow, deny;
+    // Listener settings (a route can not have its own: they act before one is chosen).
+    int max_conns_per_client = 0;  // per client address, across all workers; 0: no limit
+    bool accept_proxy = false;     // every connection starts with a PROXY v1/v2 header
+    std::vector<net::Cidr> proxy_trusted;  // who may send one; empty: anyone
+    // How long a client has to send its PROXY header and TLS ClientHello.
+    Duration preread_timeout = std::chrono::seconds(5);
 };
+
+// Keys that belong to the listener, not to a route's pool.
+inline bool listener_key(const std::string& key) {
+    return key == "allow" || key == "deny" || key == "max_conns" || key == "max_conns_per_client" ||
+           key == "accept_proxy" || key == "proxy_trusted" || key == "preread_timeout";
+}
 
 struct Upstream {
     std::string text;     // as written, for logs
@@ -65,17 +85,48 @@ struct Upstream {
     int line = 0;
     int weight = 1;
     bool backup = false;  // gets traffic only while no primary is up
+    int max_conns = 0;    // live connections across all workers; 0: no limit
+};
+
+struct Rule;
+
+// `*.example.com` matches one label in front of example.com, as a
+// certificate wildcard does; anything else matches itself. Lowercase.
+struct SniName {
+    std::string name;
+    bool wildcard = false;  // name holds ".example.com" then
+    int line = 0;
 };
 
 struct Rule {
     std::string name;     // defaults to the `from` text
+    std::string route;    // a route's own pool: its name (a rule's default pool: empty)
+    std::vector<SniName> sni;    // a route's names
+    std::vector<Rule> routes;    // SNI routes, tried before the default pool (`to`)
     std::string from_text;
     net::HostPort from;
     int line = 0;         // where the rule starts
     int from_line = 0;
     std::vector<Upstream> to;
     Policy policy;
+    // Reads the first bytes of a connection before dialing.
+    bool prereads() const { return policy.accept_proxy || !routes.empty(); }
 };
+
+// The route for a TLS server name (lowercase), or -1 for the default pool.
+// An exact name wins over a wildcard (names are unique across routes).
+inline int match_route(const Rule& rule, const std::string& name) {
+    if (name.empty()) return -1;
+    for (size_t r = 0; r < rule.routes.size(); ++r)
+        for (const SniName& n : rule.routes[r].sni)
+            if (!n.wildcard && n.name == name) return static_cast<int>(r);
+    size_t dot = name.find('.');
+    if (dot == std::string::npos || dot == 0) return -1;
+    for (size_t r = 0; r < rule.routes.size(); ++r)
+        for (const SniName& n : rule.routes[r].sni)
+            if (n.wildcard && name.compare(dot, std::string::npos, n.name) == 0) return static_cast<int>(r);
+    return -1;
+}
 
 struct Config {
     std::vector<Rule> rules;
@@ -83,7 +134,21 @@ struct Config {
     bool has_metrics = false;
     net::HostPort metrics;
     int metrics_line = 0;
+    // Optional control socket (top-level `control: /run/mixctl.sock`).
+    std::string control;
+    int control_line = 0;
 };
+
+// Every pool, in the order the shared state lays them out: each rule's own
+// (its `to`, the default pool), then its routes'.
+inline std::vector<const Rule*> pools(const Config& cfg) {
+    std::vector<const Rule*> out;
+    for (const Rule& rule : cfg.rules) {
+        out.push_back(&rule);
+        for (const Rule& route : rule.routes) out.push_back(&route);
+    }
+    return out;
+}
 
 struct Diagnostics {
     std::vector<std::string> errors;    // "file:line: message"
@@ -114,6 +179,7 @@ public:
             if (entry.key == "rules") rules = &entry.value;
             else if (entry.key == "defaults") parse_defaults(entry.value);
             else if (entry.key == "metrics") parse_metrics(entry.value, out);
+            else if (entry.key == "control") parse_control(entry.value, out);
             else if (entry.key != "version") warn(entry.line, "unknown key \"" + entry.key + "\" ignored");
         }
         if (!rules) {
@@ -158,22 +224,129 @@ private:
         const yaml_lite::Node* name = nullptr;
         const yaml_lite::Node* from = nullptr;
         const yaml_lite::Node* to = nullptr;
+        const yaml_lite::Node* routes = nullptr;
         for (const yaml_lite::Entry& entry : node.entries) {
             if (entry.key == "name") name = &entry.value;
             else if (entry.key == "from") from = &entry.value;
             else if (entry.key == "to") to = &entry.value;
+            else if (entry.key == "routes") routes = &entry.value;
             else if (!policy_key(entry, rule.policy)) warn(entry.line, "unknown key \"" + entry.key + "\" ignored");
         }
         if (!from) error(node.line, "rule: missing \"from:\"");
         else parse_from(*from, rule);
-        if (!to) error(node.line, "rule: missing \"to:\"");
-        else parse_to(*to, rule);
+        // With routes, `to` is optional: without it a connection that
+        // matches no route is closed.
+        if (!to && !routes) error(node.line, "rule: missing \"to:\"");
+        else if (to) parse_to(*to, rule);
         if (name) {
             if (name->kind == yaml_lite::Kind::Scalar) rule.name = name->scalar;
             else if (name->kind != yaml_lite::Kind::Null) error(name->line, "name: must be a string");
         }
         if (rule.name.empty()) rule.name = rule.from_text;
+        if (routes) parse_routes(*routes, rule);  // after the name: a route's pool carries it
         return diag_.errors.size() == errors_before;
+    }
+
+    // routes: [{sni: [names], to: [...], name: label, <pool settings>}]
+    void parse_routes(const yaml_lite::Node& node, Rule& rule) {
+        if (node.kind != yaml_lite::Kind::Sequence || node.items.empty()) {
+            error(node.line, "routes: must be a non-empty list like [{sni: [app.example.com], to: [127.0.0.1:8443]}]");
+            return;
+        }
+        for (const yaml_lite::Node& item : node.items) {
+            if (item.kind != yaml_lite::Kind::Mapping) {
+                error(item.line, "routes: each route must be a mapping with sni: and to:");
+                continue;
+            }
+            Rule route;
+            route.line = item.line;
+            route.name = rule.name;
+            route.policy = rule.policy;
+            const yaml_lite::Node *sni = nullptr, *to = nullptr, *name = nullptr;
+            for (const yaml_lite::Entry& entry : item.entries) {
+                if (entry.key == "sni") sni = &entry.value;
+                else if (entry.key == "to") to = &entry.value;
+                else if (entry.key == "name") name = &entry.value;
+                else if (listener_key(entry.key))
+                    error(entry.line, entry.key + ": is a setting of the rule (its listener), not of a route");
+                else if (!policy_key(entry, route.policy)) warn(entry.line, "unknown key \"" + entry.key + "\" ignored");
+            }
+            if (!sni) error(item.line, "route: missing \"sni:\"");
+            else parse_sni(*sni, rule, route);
+            if (!to) error(item.line, "route: missing \"to:\"");
+            else parse_to(*to, route);
+            if (name && name->kind == yaml_lite::Kind::Scalar && !name->scalar.empty()) route.route = name->scalar;
+            else if (name) error(name->line, "name: must be a string");
+            else if (!route.sni.empty()) route.route = (route.sni[0].wildcard ? "*" : "") + route.sni[0].name;
+            for (const Rule& other : rule.routes)
+                if (!route.route.empty() && other.route == route.route)
+                    error(name ? name->line : item.line, "route: name \"" + route.route +
+                                                               "\" is already used by the route at line " +
+                                                               std::to_string(other.line));
+            rule.routes.push_back(std::move(route));
+        }
+    }
+
+    void parse_sni(const yaml_lite::Node& node, const Rule& rule, Rule& route) {
+        std::vector<const yaml_lite::Node*> items;
+        if (node.kind == yaml_lite::Kind::Scalar) items.push_back(&node);
+        else if (node.kind == yaml_lite::Kind::Sequence)
+            for (const yaml_lite::Node& item : node.items) items.push_back(&item);
+        if (items.empty()) {
+            error(node.line, "sni: must be a non-empty list of names like [app.example.com, \"*.example.org\"]");
+            return;
+        }
+        for (const yaml_lite::Node* item : items) {
+            SniName n;
+            n.line = item->line;
+            std::string why;
+            if (item->kind != yaml_lite::Kind::Scalar || !parse_sni_name(item->scalar, n, why)) {
+                error(item->line, "sni: \"" + item->scalar + "\": " + why);
+                continue;
+            }
+            auto same = [&](const SniName& o) { return o.wildcard == n.wildcard && o.name == n.name; };
+            bool duplicate = false;
+            for (const Rule& other : rule.routes)
+                for (const SniName& o : other.sni)
+                    if (!duplicate && same(o)) {
+                        error(item->line, "sni: \"" + item->scalar + "\" is already routed by the route at line " +
+                                              std::to_string(other.line));
+                        duplicate = true;
+                    }
+            for (const SniName& o : route.sni)
+                if (!duplicate && same(o)) {
+                    error(item->line, "sni: \"" + item->scalar + "\" is listed twice");
+                    duplicate = true;
+                }
+            if (!duplicate) route.sni.push_back(n);
+        }
+    }
+
+    // A DNS name (letters, digits, '-', '_', dots between labels), or "*."
+    // followed by one. Stored lowercase.
+    static bool parse_sni_name(const std::string& text, SniName& out, std::string& why) {
+        std::string name = lowercase(text);
+        out.wildcard = name.compare(0, 2, "*.") == 0;
+        if (out.wildcard) name.erase(0, 1);  // keep the dot: ".example.com"
+        const size_t first = out.wildcard ? 1 : 0;
+        if (name.size() <= first || name.size() > 253) {
+            why = "want a host name like app.example.com or *.example.com";
+            return false;
+        }
+        for (size_t i = first; i < name.size(); ++i) {
+            char c = name[i];
+            if (c == '*') {
+                why = "a wildcard must be the whole first label, like *.example.com";
+                return false;
+            }
+            bool ok = (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '_' || c == '.';
+            if (!ok || (c == '.' && (i == first || name[i - 1] == '.' || i + 1 == name.size()))) {
+                why = "not a host name (letters, digits, '-', '_', and dots between labels)";
+                return false;
+            }
+        }
+        out.name = name;
+        return true;
     }
 
     void parse_from(const yaml_lite::Node& node, Rule& rule) {
@@ -226,6 +399,7 @@ private:
             if (entry.key == "address") address = &entry.value;
             else if (entry.key == "weight") read_int(entry, 1, 1000000, upstream.weight);
             else if (entry.key == "backup") read_bool(entry, upstream.backup);
+            else if (entry.key == "max_conns") read_int(entry, 0, 10000000, upstream.max_conns);
             else warn(entry.line, "unknown key \"" + entry.key + "\" ignored");
         }
         if (!address || address->kind != yaml_lite::Kind::Scalar || address->scalar.empty()) {
@@ -260,6 +434,20 @@ private:
         out.metrics_line = node.line;
     }
 
+    void parse_control(const yaml_lite::Node& node, Config& out) {
+        if (node.kind != yaml_lite::Kind::Scalar || node.scalar.empty() || node.scalar[0] != '/') {
+            error(node.line, "control: \"" + node.scalar + "\" must be an absolute path like /run/mixctl.sock");
+            return;
+        }
+        if (node.scalar.size() >= sizeof(sockaddr_un{}.sun_path)) {
+            error(node.line, "control: \"" + node.scalar + "\" is too long for a Unix socket path (max " +
+                                 std::to_string(sizeof(sockaddr_un{}.sun_path) - 1) + " bytes)");
+            return;
+        }
+        out.control = node.scalar;
+        out.control_line = node.line;
+    }
+
     void parse_defaults(const yaml_lite::Node& node) {
         if (node.kind != yaml_lite::Kind::Mapping) {
             error(node.line, "defaults: must be a mapping of rule settings");
@@ -282,8 +470,13 @@ private:
         else if (key == "idle_timeout") read_duration(entry, true, policy.idle_timeout);
         else if (key == "halfclose_timeout") read_duration(entry, true, policy.halfclose_timeout);
         else if (key == "max_conns") read_int(entry, 0, 10000000, policy.max_conns);
+        else if (key == "retries") read_int(entry, 0, 1000, policy.retries);
         else if (key == "allow") read_cidrs(entry, policy.allow);
         else if (key == "deny") read_cidrs(entry, policy.deny);
+        else if (key == "max_conns_per_client") read_int(entry, 0, 65535, policy.max_conns_per_client);
+        else if (key == "accept_proxy") read_bool(entry, policy.accept_proxy);
+        else if (key == "proxy_trusted") read_cidrs(entry, policy.proxy_trusted);
+        else if (key == "preread_timeout") read_duration(entry, false, policy.preread_timeout);
         else return false;
         return true;
     }
@@ -383,8 +576,30 @@ private:
             else if (entry.key == "timeout") read_duration(entry, false, health.timeout);
             else if (entry.key == "rise") read_int(entry, 1, 1000, health.rise);
             else if (entry.key == "fall") read_int(entry, 1, 1000, health.fall);
+            else if (entry.key == "send") read_text(entry, health.send);
+            else if (entry.key == "expect") read_text(entry, health.expect);
+            else if (entry.key == "tls") read_bool(entry, health.tls);
+            else if (entry.key == "sni") read_text(entry, health.sni);
             else warn(entry.line, "unknown key \"" + entry.key + "\" ignored");
         }
+        if (health.tls && (!health.send.empty() || !health.expect.empty()))
+            error(node.line, "health_check: tls: true sends its own hello; it can not be combined with send/expect");
+        if (!health.sni.empty() && !health.tls) error(node.line, "health_check: sni: needs tls: true");
+        if (health.sni.size() > 255) error(node.line, "health_check: sni: longer than 255 bytes");
+        for (char c : health.sni)
+            if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' || c == '.')) {
+                error(node.line, "health_check: sni: \"" + health.sni + "\" is not a host name");
+                break;
+            }
+    }
+
+    // A string value; send/expect take YAML's double-quoted escapes ("\r\n").
+    void read_text(const yaml_lite::Entry& entry, std::string& out) {
+        if (entry.value.kind != yaml_lite::Kind::Scalar || entry.value.scalar.size() > 4096) {
+            error(entry.value.line, entry.key + ": must be a string of at most 4096 bytes");
+            return;
+        }
+        out = entry.value.scalar;
     }
 
     // Two rules on one address would fail at bind time with a vaguer message.

@@ -35,6 +35,7 @@ struct Dial {
     bool only_local_errors = true;  // every failure of this upstream was ours (no ports left)
     net::SockAddr dialed;
     size_t target = 0;
+    bool holds_place = false;  // counted in the target's active since its dial began (Dialer::release)
 
     // Ready for the next connection, keeping order's capacity.
     void reset() {
@@ -43,6 +44,7 @@ struct Dial {
         last_error.clear();
         only_local_errors = true;
         target = 0;
+        holds_place = false;
     }
 };
 
@@ -55,28 +57,38 @@ enum class Outcome {
 
 class Dialer {
 public:
-    Dialer(const upstreams::Shared& shared, const mixlog::Logger& log, Clock::duration default_timeout)
-        : shared_(shared), log_(log), default_timeout_(default_timeout) {
+    // worker: this worker's row in the shared active counts.
+    Dialer(const upstreams::Shared& shared, const mixlog::Logger& log, Clock::duration default_timeout, size_t worker)
+        : shared_(shared), log_(log), default_timeout_(default_timeout), worker_(worker) {
         random_state_ = static_cast<uint64_t>(getpid()) * 0x9E3779B97F4A7C15ULL ^
                         static_cast<uint64_t>(Clock::now().time_since_epoch().count());
     }
 
-    // Fills d.order for a client of `rule`.
-    void plan(size_t rule, const net::SockAddr& peer, Clock::time_point now, Dial& d) {
-        const upstreams::Pool& pool = shared_.pool(rule);
+    // `pool_index` names a pool in upstreams::Shared: a rule's own or one of
+    // its SNI routes'. Fills d.order for a client of that pool.
+    void plan(size_t pool_index, const net::SockAddr& peer, Clock::time_point now, Dial& d) {
+        const upstreams::Pool& pool = shared_.pool(pool_index);
         auto random = [this] { return next_random(); };
         if (!upstreams::plan(pool, peer, to_ms(now), random, d.order)) warn_fail_open(pool);
     }
 
     // Tries the current (upstream, address) and on to the next ones until a
     // connect is under way or has succeeded; with none left, gives up.
-    Outcome next(size_t rule, Dial& d, net::Fd& upstream, const net::SockAddr& client, Clock::time_point now,
+    Outcome next(size_t pool_index, Dial& d, net::Fd& upstream, const net::SockAddr& client, Clock::time_point now,
                  int& error) {
-        const upstreams::Pool& pool = shared_.pool(rule);
+        const upstreams::Pool& pool = shared_.pool(pool_index);
         while (d.step < d.order.size()) {
             d.target = d.order[d.step];
+            if (!d.holds_place) {
+                d.holds_place = shared_.take_place(worker_, pool.at(d.target), pool.rule->to[d.target].max_conns);
+                if (!d.holds_place) {  // filled up since the plan: skipped, not failed
+                    ++d.step;
+                    continue;
+                }
+            }
             if (!upstreams::address_at(pool.at(d.target), d.address, d.dialed)) {
-                upstream_failed(rule, d, now);
+                upstream_failed(pool_index, d, now);
+                release(pool_index, d);
                 ++d.step;
                 d.address = 0;
                 continue;
@@ -95,34 +107,45 @@ public:
                 error = rc;
                 return Outcome::no_fds;
             }
-            log_error(rule, d, net::errno_text(rc), now);
+            log_error(pool_index, d, net::errno_text(rc), now);
             // No free local port is our shortage, not the upstream's fault.
             if (rc != EADDRNOTAVAIL) d.only_local_errors = false;
         }
-        log_.print("error: no upstream of (%s) reachable for %s: %u attempts failed", pool.rule->name.c_str(),
-                   client.text().c_str(), d.attempts);
+        if (d.attempts == 0)
+            log_.print("error: no upstream of (%s) free for %s: all disabled or at max_conns", pool.rule->name.c_str(),
+                       client.text().c_str());
+        else
+            log_.print("error: no upstream of (%s) reachable for %s: %u attempts failed", pool.rule->name.c_str(),
+                       client.text().c_str(), d.attempts);
         return Outcome::gave_up;
     }
 
     // The connect under way failed (refused, reset, timed out): the caller
     // closes the socket and calls next() again.
-    void failed(size_t rule, Dial& d, const std::string& why, Clock::time_point now) {
-        log_error(rule, d, why, now);
+    void failed(size_t pool_index, Dial& d, const std::string& why, Clock::time_point now) {
+        log_error(pool_index, d, why, now);
         d.only_local_errors = false;
     }
 
+    // The connection is done with its target (closed, or given up): its
+    // place in the target's active count (taken when the dial began) goes.
+    void release(size_t pool_index, Dial& d) const {
+        if (d.holds_place) shared_.add_active(worker_, shared_.pool(pool_index).at(d.target), -1);
+        d.holds_place = false;
+    }
+
     // The connect succeeded: the upstream is healthy.
-    void succeeded(size_t rule, const Dial& d) { upstreams::record_success(shared_.pool(rule).at(d.target)); }
+    void succeeded(size_t pool_index, const Dial& d) { upstreams::record_success(shared_.pool(pool_index).at(d.target)); }
 
     // A rule's connect_timeout, or -t.
-    Clock::duration timeout(size_t rule) const {
-        const flags::Duration per_rule = shared_.pool(rule).rule->policy.connect_timeout;
+    Clock::duration timeout(size_t pool_index) const {
+        const flags::Duration per_rule = shared_.pool(pool_index).rule->policy.connect_timeout;
         if (per_rule.count() > 0) return std::chrono::duration_cast<Clock::duration>(per_rule);
         return default_timeout_;
     }
 
-    const std::string& target_text(size_t rule, const Dial& d) const {
-        return shared_.pool(rule).rule->to[d.target].text;
+    const std::string& target_text(size_t pool_index, const Dial& d) const {
+        return shared_.pool(pool_index).rule->to[d.target].text;
     }
 
     static bool out_of_resources(int err) {
@@ -130,10 +153,10 @@ public:
     }
 
 private:
-    void log_error(size_t rule, Dial& d, const std::string& why, Clock::time_point now) {
+    void log_error(size_t pool_index, Dial& d, const std::string& why, Clock::time_point now) {
         d.last_error = why;
         std::string address = d.dialed.text();
-        const std::string& text = target_text(rule, d);
+        const std::string& text = target_text(pool_index, d);
         std::string more;
         if (!throttle_.allow("dial " + text, now, more)) return;
         if (address == text)
@@ -143,17 +166,17 @@ private:
     }
 
     // Every address of one upstream failed: that counts against its health.
-    void upstream_failed(size_t rule, Dial& d, Clock::time_point now) {
+    void upstream_failed(size_t pool_index, Dial& d, Clock::time_point now) {
         bool ours = d.only_local_errors;
         d.only_local_errors = true;  // for the next upstream
         if (d.address == 0 || ours) return;  // nothing dialed, or only our own shortage
-        const upstreams::Pool& pool = shared_.pool(rule);
+        const upstreams::Pool& pool = shared_.pool(pool_index);
         upstreams::UpstreamState& state = pool.at(d.target);
         const config::Policy& policy = pool.rule->policy;
         state.resolve_wanted.store(1, std::memory_order_relaxed);
         if (upstreams::record_failure(state, policy, to_ms(now)))
             log_.print("upstream %s of (%s) is DOWN: %s (passive: %d failed connects within %s)",
-                       target_text(rule, d).c_str(), pool.rule->name.c_str(), d.last_error.c_str(),
+                       target_text(pool_index, d).c_str(), pool.rule->name.c_str(), d.last_error.c_str(),
                        policy.max_fails, flags::format_duration(policy.fail_timeout).c_str());
     }
 
@@ -174,6 +197,7 @@ private:
     const upstreams::Shared& shared_;
     const mixlog::Logger& log_;
     Clock::duration default_timeout_;
+    size_t worker_;
     mixlog::Throttle throttle_;
     Clock::time_point quiet_fail_open_until_{};
     uint64_t random_state_;

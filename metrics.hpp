@@ -49,16 +49,31 @@ inline std::string render(const upstreams::Shared& shared, int64_t now_ms) {
          "Relayed connections the client aborted (reset or socket error), passed on to the upstream as a reset."},
         {"mixctl_upstream_resets_by_upstream_total", "counter",
          "Relayed connections the upstream aborted (reset or socket error), passed on to the client as a reset."},
+        {"mixctl_upstream_weight", "gauge", "The upstream's weight now (the control socket may have changed it)."},
+        {"mixctl_upstream_state", "gauge",
+         "1 for the upstream's state now (up, down, disabled, draining), 0 for the others."},
     };
+    static const char* const states[] = {"up", "down", "disabled", "draining"};
     std::string out;
     char value[32];
     for (size_t f = 0; f < sizeof families / sizeof families[0]; ++f) {
         out += std::string("# HELP ") + families[f].name + " " + families[f].help + "\n";
         out += std::string("# TYPE ") + families[f].name + " " + families[f].type + "\n";
-        for (size_t r = 0; r < shared.rules(); ++r) {
+        for (size_t r = 0; r < shared.pools(); ++r) {
             const upstreams::Pool& pool = shared.pool(r);
+            // A route's upstreams carry its name too (a rule's own pool has no route label).
+            std::string route = pool.rule->route.empty() ? "" : "\",route=\"" + label(pool.rule->route);
             for (size_t u = 0; u < pool.size(); ++u) {
                 const upstreams::UpstreamState& s = pool.at(u);
+                std::string labels = "{rule=\"" + label(pool.rule->name) + route + "\",upstream=\"" +
+                                     label(pool.rule->to[u].text) + "\"";
+                if (f == 9) {  // one series per state, so a query can sum or alert on any of them
+                    std::string now = upstreams::state_name(s, now_ms);
+                    for (const char* state : states)
+                        out += std::string(families[f].name) + labels + ",state=\"" + state + "\"} " +
+                               (now == state ? "1" : "0") + "\n";
+                    continue;
+                }
                 unsigned long long v = 0;
                 switch (f) {
                     case 0: v = upstreams::is_up(s, now_ms) ? 1 : 0; break;
@@ -68,12 +83,29 @@ inline std::string render(const upstreams::Shared& shared, int64_t now_ms) {
                     case 4: v = s.bytes_in.load(); break;
                     case 5: v = s.bytes_out.load(); break;
                     case 6: v = s.client_resets.load(); break;
-                    default: v = s.upstream_resets.load(); break;
+                    case 7: v = s.upstream_resets.load(); break;
+                    default: v = s.weight.load(); break;
                 }
                 snprintf(value, sizeof value, "%llu", v);
-                out += std::string(families[f].name) + "{rule=\"" + label(pool.rule->name) + "\",upstream=\"" +
-                       label(pool.rule->to[u].text) + "\"} " + value + "\n";
+                out += std::string(families[f].name) + labels + "} " + value + "\n";
             }
+        }
+    }
+    // Connections a rule's listener closed before dialing, by reason.
+    out += "# HELP mixctl_rule_refused_total Connections closed before dialing, by reason.\n"
+           "# TYPE mixctl_rule_refused_total counter\n";
+    for (size_t r = 0; r < shared.rules(); ++r) {
+        const upstreams::Pool& pool = shared.rule_pool(r);
+        const std::pair<const char*, unsigned long long> reasons[] = {
+            {"deny", pool.state->denied.load()},
+            {"max_conns_per_client", pool.state->over_client_limit.load()},
+            {"preread", pool.state->bad_preread.load()},
+            {"no_route", pool.state->unrouted.load()},
+        };
+        for (const auto& reason : reasons) {
+            snprintf(value, sizeof value, "%llu", reason.second);
+            out += "mixctl_rule_refused_total{rule=\"" + label(pool.rule->name) + "\",reason=\"" + reason.first + "\"} " +
+                   value + "\n";
         }
     }
     return out;

@@ -24,10 +24,12 @@
 #include "balance.hpp"
 #include "checker.hpp"
 #include "config.hpp"
+#include "control.hpp"
 #include "flags.hpp"
 #include "log.hpp"
 #include "net.hpp"
 #include "privileges.hpp"
+#include "probe.hpp"
 #include "signals.hpp"
 #include "poller.hpp"
 #include "upstreams.hpp"
@@ -49,7 +51,7 @@ using Clock = std::chrono::steady_clock;
 struct Plan {
     std::vector<net::SockAddr> metrics;                             // where GET /metrics listens
     std::vector<std::vector<net::SockAddr>> binds;                  // per rule: addresses to listen on
-    std::vector<std::vector<std::vector<net::SockAddr>>> upstreams;  // per rule, per upstream
+    std::vector<std::vector<std::vector<net::SockAddr>>> upstreams;  // per pool (config::pools), per upstream
 };
 
 // Resolves every name now, so a typo fails at start (and in -check), not on
@@ -60,12 +62,15 @@ bool resolve_all(const config::Config& cfg, const std::string& file, Plan& plan,
         std::vector<net::SockAddr> binds;
         std::string why;
         if (!net::resolve(rule.from, true, binds, why)) diag.errors.push_back(at(rule.from_line) + "from: " + why);
+        plan.binds.push_back(std::move(binds));
+    }
+    for (const config::Rule* pool : config::pools(cfg)) {
         std::vector<std::vector<net::SockAddr>> targets;
-        for (const config::Upstream& up : rule.to) {
+        for (const config::Upstream& up : pool->to) {
             targets.emplace_back();
+            std::string why;
             if (!net::resolve(up.where, false, targets.back(), why)) diag.errors.push_back(at(up.line) + "to: " + why);
         }
-        plan.binds.push_back(std::move(binds));
         plan.upstreams.push_back(std::move(targets));
     }
     std::string why;
@@ -90,6 +95,13 @@ void log_forwarding(const config::Config& cfg, const std::vector<worker::Listene
         std::string to;
         for (const config::Upstream& up : rule.to) to += (to.empty() ? "" : " ") + up.text;
         log.print("Forwarding (%s) from: %s to: [%s]", rule.name.c_str(), l.address.c_str(), to.c_str());
+        for (const config::Rule& route : rule.routes) {
+            std::string names, targets;
+            for (const config::SniName& n : route.sni) names += (names.empty() ? "" : " ") + std::string(n.wildcard ? "*" : "") + n.name;
+            for (const config::Upstream& up : route.to) targets += (targets.empty() ? "" : " ") + up.text;
+            log.print("Forwarding (%s) from: %s sni: [%s] to: [%s]", rule.name.c_str(), l.address.c_str(),
+                      names.c_str(), targets.c_str());
+        }
     }
 }
 
@@ -126,6 +138,7 @@ struct Generation {
     Plan plan;
     std::vector<worker::Listener> listeners;
     net::Fd metrics;
+    net::Fd control;  // the control socket, listening (config's `control:`)
     upstreams::Shared shared;
     balance::Board board;
     std::vector<WorkerProcess> processes;  // the workers, then the checker if there is one
@@ -191,20 +204,51 @@ bool bind_metrics(Generation& gen, const Generation* previous, const mixlog::Log
     return true;
 }
 
-// Counters and health of upstreams that are still there survive a reload.
+// The control socket: taken over from the previous generation when the path
+// is the same (no moment without it), else made anew.
+bool bind_control(Generation& gen, const Generation* previous, const mixlog::Logger& log) {
+    const std::string& path = gen.cfg.control;
+    if (path.empty()) return true;
+    if (previous && previous->control && previous->cfg.control == path) {
+        gen.control.reset(fcntl(previous->control.get(), F_DUPFD_CLOEXEC, 0));
+        if (gen.control) return true;
+    }
+    std::string why;
+    gen.control = control::listen_at(path, why);
+    if (!gen.control) {
+        log.print("error: control: %s", why.c_str());
+        return false;
+    }
+    log.print("Control socket on %s", path.c_str());
+    return true;
+}
+
+// The socket file goes with the last generation that uses it.
+void remove_control(const Generation& gone, const Generation* next) {
+    if (gone.control && (!next || next->cfg.control != gone.cfg.control)) ::unlink(gone.cfg.control.c_str());
+}
+
+// Counters and health of upstreams that are still there survive a reload
+// (a pool is the same when its rule and route names are).
 void carry_state(Generation& gen, const Generation& previous) {
-    for (size_t r = 0; r < gen.cfg.rules.size(); ++r) {
-        const config::Rule& rule = gen.cfg.rules[r];
-        for (size_t pr = 0; pr < previous.cfg.rules.size(); ++pr) {
-            const config::Rule& old_rule = previous.cfg.rules[pr];
-            if (old_rule.name != rule.name) continue;
+    for (size_t r = 0; r < gen.shared.pools(); ++r) {
+        const config::Rule& rule = *gen.shared.pool(r).rule;
+        for (size_t pr = 0; pr < previous.shared.pools(); ++pr) {
+            const config::Rule& old_rule = *previous.shared.pool(pr).rule;
+            if (old_rule.name != rule.name || old_rule.route != rule.route) continue;
             const upstreams::Pool& now = gen.shared.pool(r);
             const upstreams::Pool& before = previous.shared.pool(pr);
             now.state->cursor.store(before.state->cursor.load());
             now.state->denied.store(before.state->denied.load());
+            now.state->over_client_limit.store(before.state->over_client_limit.load());
+            now.state->bad_preread.store(before.state->bad_preread.load());
+            now.state->unrouted.store(before.state->unrouted.load());
             for (size_t u = 0; u < rule.to.size(); ++u)
                 for (size_t pu = 0; pu < old_rule.to.size(); ++pu)
-                    if (old_rule.to[pu].text == rule.to[u].text) upstreams::copy_history(before.at(pu), now.at(u));
+                    if (old_rule.to[pu].text == rule.to[u].text) {
+                        upstreams::copy_history(before.at(pu), now.at(u));
+                        upstreams::copy_runtime(before.at(pu), old_rule.to[pu], now.at(u), rule.to[u]);
+                    }
             break;
         }
     }
@@ -220,6 +264,13 @@ std::string fingerprint(const config::Rule& rule) {
                       std::to_string(p.health.rise) + "|" + std::to_string(p.health.fall);
     for (const config::Upstream& up : rule.to)
         out += "|" + up.text + "*" + std::to_string(up.weight) + (up.backup ? "b" : "");
+    out += "|" + std::to_string(p.accept_proxy) + std::to_string(p.max_conns_per_client) + "|" +
+           std::to_string(p.preread_timeout.count()) + "|" + std::to_string(p.proxy_trusted.size());
+    for (const config::Rule& route : rule.routes) {
+        out += "|route " + route.route;
+        for (const config::SniName& n : route.sni) out += " " + n.name + (n.wildcard ? "*" : "");
+        out += " " + fingerprint(route);
+    }
     return out;
 }
 
@@ -247,14 +298,15 @@ std::unique_ptr<Generation> build_generation(const std::string& file, size_t wor
                                              const mixlog::Logger& log) {
     auto gen = std::make_unique<Generation>();
     if (!load(file, log, gen->cfg, gen->plan)) return nullptr;
-    if (!bind_all(*gen, previous, log) || !bind_metrics(*gen, previous, log)) return nullptr;
+    if (!bind_all(*gen, previous, log) || !bind_metrics(*gen, previous, log) || !bind_control(*gen, previous, log))
+        return nullptr;
     if (!gen->shared.map(gen->cfg, gen->plan.upstreams, workers) || !gen->board.map(static_cast<int>(workers))) {
         log.print("error: mmap: %s", net::errno_text(errno).c_str());
         return nullptr;
     }
     if (previous) carry_state(*gen, *previous);
     gen->workers = workers;
-    bool with_checker = checker::needed(gen->cfg) || gen->metrics.valid();
+    bool with_checker = checker::needed(gen->cfg) || gen->metrics.valid() || gen->control.valid();
     gen->processes.resize(workers + (with_checker ? 1 : 0));
     return gen;
 }
@@ -272,8 +324,6 @@ public:
             log_.print("error: pipe: %s", net::errno_text(errno).c_str());
             return 1;
         }
-        // Handlers go in before the first fork, so no signal is lost in between.
-        for (int number : {SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGCHLD}) signals::handle(number);
         for (size_t i = 0; i < current_->processes.size(); ++i) spawn(i);
         for (;;) {
             int rc = turn();
@@ -372,6 +422,7 @@ private:
             }
         // Dropping the old generation closes our copies of its sockets before
         // the new workers are forked, so a removed listener really closes.
+        remove_control(*current_, next.get());
         current_ = std::move(next);
         log_forwarding(current_->cfg, current_->listeners, log_);
         for (size_t i = 0; i < current_->processes.size(); ++i) spawn(i);
@@ -417,7 +468,7 @@ private:
         prctl(PR_SET_PDEATHSIG, SIGTERM);
 #endif
         if (!become_unprivileged()) return 1;
-        checker::Checker checker(gen.shared, log_, lifeline_read_.get(), gen.metrics.get());
+        checker::Checker checker(gen.shared, log_, lifeline_read_.get(), gen.metrics.get(), gen.control.get());
         return checker.run();
     }
 
@@ -425,6 +476,7 @@ private:
         wake_.close();
         lifeline_write_.reset();
         gen.metrics.reset();
+        gen.control.reset();
         signals::ignore(SIGINT);   // a terminal's ^C reaches us via the parent's SIGTERM
         signals::ignore(SIGHUP);
         signals::ignore(SIGUSR1);
@@ -501,6 +553,8 @@ private:
                    flags::format_duration(options_.grace).c_str());
         current_->listeners.clear();  // our copies; workers close theirs on SIGTERM
         current_->metrics.reset();
+        remove_control(*current_, nullptr);
+        current_->control.reset();
         for (const WorkerProcess& w : current_->processes)
             if (w.pid > 0) kill(w.pid, SIGTERM);
         stop_deadline_ = Clock::now() + grace() + std::chrono::seconds(2);
@@ -521,22 +575,30 @@ private:
     void log_stats() {
         const Generation& gen = *current_;
         int64_t now_ms = worker::to_ms(Clock::now());
-        for (size_t r = 0; r < gen.shared.rules(); ++r) {
+        for (size_t r = 0; r < gen.shared.pools(); ++r) {
             const upstreams::Pool& pool = gen.shared.pool(r);
-            log_.print("stats clients rule=%s active=%u denied=%llu", pool.rule->name.c_str(), pool.state->active.load(),
-                       static_cast<unsigned long long>(pool.state->denied.load()));
+            if (pool.rule->route.empty())
+                log_.print("stats clients rule=%s active=%u denied=%llu over_client_limit=%llu bad_preread=%llu "
+                           "unrouted=%llu",
+                           pool.rule->name.c_str(), pool.state->active.load(),
+                           static_cast<unsigned long long>(pool.state->denied.load()),
+                           static_cast<unsigned long long>(pool.state->over_client_limit.load()),
+                           static_cast<unsigned long long>(pool.state->bad_preread.load()),
+                           static_cast<unsigned long long>(pool.state->unrouted.load()));
+            // A route's upstreams: "route=NAME" after the rule.
+            std::string route = pool.rule->route.empty() ? "" : " route=" + pool.rule->route;
             for (size_t u = 0; u < pool.size(); ++u) {
                 const upstreams::UpstreamState& s = pool.at(u);
-                log_.print("stats rule=%s upstream=%s state=%s active=%u total=%llu failed=%llu bytes_in=%llu "
-                           "bytes_out=%llu resets_by_client=%llu resets_by_upstream=%llu",
-                           pool.rule->name.c_str(), pool.rule->to[u].text.c_str(),
-                           upstreams::is_up(s, now_ms) ? "up" : "down", s.active.load(),
+                log_.print("stats rule=%s%s upstream=%s state=%s active=%u total=%llu failed=%llu bytes_in=%llu "
+                           "bytes_out=%llu resets_by_client=%llu resets_by_upstream=%llu weight=%u",
+                           pool.rule->name.c_str(), route.c_str(), pool.rule->to[u].text.c_str(),
+                           upstreams::state_name(s, now_ms), s.active.load(),
                            static_cast<unsigned long long>(s.total.load()),
                            static_cast<unsigned long long>(s.failed.load()),
                            static_cast<unsigned long long>(s.bytes_in.load()),
                            static_cast<unsigned long long>(s.bytes_out.load()),
                            static_cast<unsigned long long>(s.client_resets.load()),
-                           static_cast<unsigned long long>(s.upstream_resets.load()));
+                           static_cast<unsigned long long>(s.upstream_resets.load()), s.weight.load());
             }
         }
         for (size_t i = 0; i < gen.workers; ++i) {
@@ -564,6 +626,27 @@ std::string join(const std::vector<std::string>& words) {
     return out;
 }
 
+// mixctl -ctl COMMAND: a control client, so a router needs no socat.
+int ask_control(const flags::Options& options, const mixlog::Logger& log) {
+    config::Config cfg;
+    config::Diagnostics diag;
+    if (!config::load_file(options.file, cfg, diag)) {
+        for (const std::string& e : diag.errors) log.print("%s", e.c_str());
+        return 1;
+    }
+    if (cfg.control.empty()) {
+        log.print("error: -ctl: %s has no \"control:\" socket", options.file.c_str());
+        return 1;
+    }
+    std::string reply, why;
+    if (!control::ask(cfg.control, options.ctl, reply, why)) {
+        log.print("error: -ctl: %s", why.c_str());
+        return 1;
+    }
+    fputs(reply.c_str(), stdout);
+    return reply.compare(0, 2, "ok") == 0 ? 0 : 1;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -584,11 +667,13 @@ int main(int argc, char** argv) {
         printf("mixctl %s\n", MIXCTL_VERSION);
         return 0;
     }
+    if (!options.probe.empty()) return probe::main(options.probe, options.file, options.dial_timeout);
     mixlog::Logger log(options.verbose, options.syslog);
     if (!options.args.empty())
         log.print("warning: ignoring arguments after the flags: %s (bool flags take a value only as -v=false)",
                   join(options.args).c_str());
 
+    if (options.has_ctl) return ask_control(options, log);
     if (options.check) {
         config::Config cfg;
         Plan plan;
@@ -612,6 +697,11 @@ int main(int argc, char** argv) {
         return 1;
     }
     signals::ignore(SIGPIPE);
+    // From here on a signal is recorded, not fatal: a reload or a stop sent as
+    // soon as the Forwarding lines are out (by a script or a test waiting for
+    // them) used to kill the daemon, silently, in the moment between printing
+    // them and its first loop. The supervisor acts on it once it runs.
+    for (int number : {SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGCHLD}) signals::handle(number);
     raise_fd_limit(log);
     size_t workers = static_cast<size_t>(options.workers > 0 ? options.workers : online_cpus());
     std::unique_ptr<Generation> first = build_generation(options.file, workers, nullptr, log);
