@@ -1,6 +1,5 @@
-// checker.hpp - the checker process: active health probes, DNS
-// re-resolution, the metrics endpoint and the control socket, all off the
-// relay path. It never accepts or relays clients.
+// checker.hpp - the checker process: health probes, DNS re-resolution, the metrics endpoint, the control socket.
+// Owns everything that may block or wait on the network off the relay path; it never accepts or relays clients.
 //
 // Probes are nonblocking TCP connects to every address of an upstream (up if
 // any answers); with `send`/`expect` or `tls` the connection must then also

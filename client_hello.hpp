@@ -1,6 +1,5 @@
-// client_hello.hpp - reads a TLS ClientHello (RFC 8446 / 5246 record layer,
-// RFC 6066 server_name) from the first bytes a client sends, to learn the
-// name it asks for. No TLS library and no sockets: it is fed bytes.
+// client_hello.hpp - reads the server_name out of a TLS ClientHello (RFC 8446 / 5246 records, RFC 6066).
+// Owns that parsing, fed bytes; no TLS library, no sockets, and it never changes a byte it is given.
 //
 // It never terminates TLS and never changes a byte: the caller keeps what it
 // fed and forwards it unchanged. Every length is checked against the one

@@ -1,4 +1,8 @@
-// config.hpp - turns a yaml_lite tree into validated rules.
+// config.hpp - turns a yaml_lite tree into validated rules, policies, routes and top-level settings.
+// Owns every key's meaning, default and error; never touches the network (names are resolved by the caller).
+//
+// Why long: one Builder reads every key of the file, and each key's checks sit beside it so an
+// error names its own line; the readers (read_int, read_duration, ...) are shared by all of them.
 //
 // Every problem in the file is collected (not only the first) as
 // "file:line: message", so a user fixes them all in one pass. Nothing here

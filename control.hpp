@@ -1,7 +1,10 @@
-// control.hpp - the control socket: a Unix stream socket taking one command
-// line per connection (show, disable, enable, weight) and answering in text.
-// It only writes the run-time fields of the shared upstream state; it never
-// runs in a worker, and it touches no listener, relay or health check.
+// control.hpp - the control socket: one command line per connection (show, disable, enable, weight), a text answer.
+// Owns the command language and the Unix socket; writes only run-time upstream fields, never runs in a worker.
+//
+// It touches no listener, relay or health check.
+//
+// Why long: the command parser, its answers, the socket's safe creation (stale or foreign files)
+// and the bounded server are one feature; -ctl's client (ask) shares their quoting rules.
 #pragma once
 
 #include <cerrno>

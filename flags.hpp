@@ -381,7 +381,7 @@ inline const std::vector<FlagSpec>& flag_specs() {
         std::vector<FlagSpec> v = {
             {"f", Kind::String,
              "rules file (YAML: rules of from/to; also routes (SNI), accept_proxy,\n"
-             "max_conns_per_client ...: see README.md or mixctl(8))"},
+             "max_conns_per_client ...: see docs/configuration.md or mixctl(8))"},
             {"t", Kind::Duration, "upstream dial timeout (with -probe: the whole probe's); 0 means no deadline"},
             {"v", Kind::Bool, "verbose: log every connection"},
             {"w", Kind::Int, "worker processes (default: number of online CPUs)"},

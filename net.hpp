@@ -1,5 +1,5 @@
 // net.hpp - sockets and addresses: RAII descriptors, host:port syntax, resolution, listen, accept, dial.
-// Owns the system calls on sockets; no policy (which upstream, when to accept) and no event loop.
+// Owns the system calls on sockets; not policy (which upstream, when to accept) nor any event loop.
 //
 // Why long: every socket call mixctl makes, each with its POSIX fallback, in one place, so the
 // Linux-only paths are easy to find and test; split, they would scatter over the callers.

@@ -1,10 +1,10 @@
-// preread.hpp - what a connection sends before mixctl dials for it: a PROXY
-// header (accept_proxy), then a TLS ClientHello (routes). Fed the bytes as
-// they arrive, it says "need more", "done: this pool, this client" or
-// "reject: why". No sockets and no clock: the worker reads, keeps the
-// deadline and calls timed_out(); this file only decides.
+// preread.hpp - what a client sends before the dial (a PROXY header, a TLS ClientHello) and which pool it leads to.
+// Owns only that decision; never touches a socket or the clock (the worker reads, keeps the deadline, calls timed_out()).
 //
-// Outcomes (documented in README and mixctl.8):
+// Fed the bytes as they arrive, it says "need more", "done: this pool,
+// this client" or "reject: why".
+//
+// Outcomes (documented in docs/configuration.md and mixctl.8):
 //   PROXY header invalid, missing at the deadline, or the client leaves: reject (bad_preread)
 //   ClientHello with a server_name that a route names: that route
 //   no server_name, not TLS, or nothing sent by the deadline: the default pool (`to`), or reject (unrouted) without one

@@ -1,7 +1,7 @@
-// probe.hpp - `mixctl -probe RULE`: one request through a running mixctl's
-// listener, judged by the reply, for keepalived's vrrp_script. Owns finding
-// the listener in the rules file and the one exchange; it never signals or
-// inspects the daemon's processes and never dials an upstream itself.
+// probe.hpp - `mixctl -probe RULE`: one request through a running mixctl's listener, judged by the reply.
+// Owns finding the listener and the one exchange; never signals the daemon or dials an upstream itself.
+//
+// For keepalived's vrrp_script: it catches a wedged mixctl, which pidof and killall -0 cannot.
 //
 // Why a reply and not a connect: the kernel completes a TCP handshake into a
 // listener's backlog whether or not any worker is running, so a connect to a

@@ -1,5 +1,5 @@
-// proxy_receive.hpp - reads a PROXY protocol header (HAProxy's spec, v1 and
-// v2, told apart by their first bytes) from the start of a connection.
+// proxy_receive.hpp - reads a received PROXY protocol header (HAProxy's spec, v1 and v2) off a connection's start.
+// Owns only the parsing; never touches a socket or policy (preread.hpp decides; proxy_protocol.hpp writes headers).
 //
 // Fed the bytes received so far; says how long the header is, so the bytes
 // after it stay the client's and are forwarded unchanged. It only parses:

@@ -1,4 +1,5 @@
-// relay.hpp - moving bytes one way between two nonblocking sockets.
+// relay.hpp - moving bytes one way between two nonblocking sockets (read/write or splice), half-close, resets.
+// Owns a Direction's buffers and pipes; not the sockets' lifetime or the wait set (worker.hpp).
 //
 // A Direction reads its source into the worker's scratch buffer and writes
 // straight on; only what the destination cannot take right now is parked in

@@ -1,6 +1,5 @@
-// tls_hello.hpp - builds a TLS ClientHello by hand for health checks, and
-// judges the first bytes of the server's answer. No TLS library and no
-// handshake beyond the first record: a ServerHello is proof enough.
+// tls_hello.hpp - the TLS ClientHello a `tls: true` health check sends, and judging the server's first bytes.
+// Owns those bytes only; no TLS library, never a socket, and nothing beyond the first record of the handshake.
 #pragma once
 
 #include <cstdint>

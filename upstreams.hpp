@@ -1,5 +1,8 @@
-// upstreams.hpp - what every process knows about every upstream, and how a
-// connection picks one.
+// upstreams.hpp - what every process knows about every upstream (shared memory), and how a connection picks one.
+// Owns the shared counters, health, addresses and the choice; never opens a socket.
+//
+// Why long: the shared layout (rules, routes, upstreams, per-worker rows, the per-client table)
+// and the choice that reads it (strategies, backups, limits, retries) must agree field by field.
 //
 // The state lives in MAP_SHARED memory that the parent maps before forking,
 // so all workers (and a respawned one) see one picture: counters, passive

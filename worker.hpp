@@ -1,6 +1,9 @@
-// worker.hpp - one pre-forked worker's readiness loop and its connections' life: dial, relay, close.
-// Owns the connections; waiting is poller.hpp's, deadlines timers.hpp's, accepting acceptor.hpp's,
-// choosing and connecting upstreams dialer.hpp's, moving bytes relay.hpp's, the pre-dial read preread.hpp's.
+// worker.hpp - one pre-forked worker's readiness loop and its connections' life: pre-read, dial, relay, close.
+// Owns the connections; not waiting (poller.hpp), deadlines (timers.hpp), accepting (acceptor.hpp),
+// choosing and connecting upstreams (dialer.hpp), moving bytes (relay.hpp) or the pre-dial decision (preread.hpp).
+//
+// Why long: the relay state machine reads top to bottom in one class (each event handler beside
+// the connection it changes), and the SNI/PROXY pre-read joins that loop.
 //
 // A turn of the loop: run the due timers, decide whether to listen, wait,
 // then handle the ready connections (dial results, relay events), and

@@ -116,7 +116,7 @@ else
 fi
 
 # ---- BusyBox init as pid 1, from /etc/inittab --------------------------------------------
-# (the inittab lines are the ones the README's Deploy section gives)
+# (the inittab lines are the ones docs/deploy.md gives)
 kill -TERM "$syslogd" 2>/dev/null
 wait_exit 10 "$syslogd" || true
 rm -f "$ROOT/var/log/messages" "$ROOT/dev/log" # as after a boot: no socket yet

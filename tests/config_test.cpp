@@ -127,22 +127,3 @@ TEST_CASE("the shipped example file is valid", "[config]") {
     CHECK(diag.warnings.empty());
     CHECK(cfg.rules.size() >= 2);
 }
-
-TEST_CASE("the README's config example is valid", "[config]") {
-    std::string readme, error;
-    REQUIRE(config::read_file("README.md", readme, error));
-    // Every ```yaml block in the README must load.
-    size_t at = 0, blocks = 0;
-    while ((at = readme.find("```yaml\n", at)) != std::string::npos) {
-        at += 8;
-        size_t end = readme.find("```", at);
-        REQUIRE(end != std::string::npos);
-        Loaded l = load(readme.substr(at, end - at));
-        INFO(readme.substr(at, end - at));
-        INFO(all(l.diag.errors));
-        CHECK(l.ok);
-        ++blocks;
-        at = end + 3;
-    }
-    CHECK(blocks >= 1);
-}

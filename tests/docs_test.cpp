@@ -176,7 +176,7 @@ Man parse_man(const std::string& text) {
 }  // namespace
 
 // The pages with a "## Flags" table of every flag.
-const char* const flag_table_pages[] = {"README.md", "docs/configuration.md"};
+const char* const flag_table_pages[] = {"docs/configuration.md"};
 
 TEST_CASE("mixctl -h, the flag tables of the docs and mixctl.8 list the same flags", "[docs]") {
     harness::RunResult r = harness::run({"-h"});
@@ -281,6 +281,19 @@ std::vector<std::string> doc_pages() {
     std::vector<std::string> pages{"README.md"};
     for (const std::string& name : files_in("docs", ".md")) pages.push_back("docs/" + name);
     return pages;
+}
+
+// ---- headers ---------------------------------------------------------------------------
+
+std::vector<std::string> headers() {
+    std::vector<std::string> all = files_in(".", ".hpp");
+    for (const std::string& name : files_in("tests", ".hpp")) all.push_back("tests/" + name);
+    return all;
+}
+
+std::string base_name(const std::string& path) {
+    size_t slash = path.rfind('/');
+    return slash == std::string::npos ? path : path.substr(slash + 1);
 }
 
 // ---- config keys: what the parser accepts ---------------------------------------------
@@ -585,6 +598,28 @@ TEST_CASE("every yaml example in README.md and docs/ passes mixctl -check, or fa
     }
 }
 
+TEST_CASE("every header opens with what it owns and what it must not touch; a long one says why", "[docs]") {
+    std::vector<std::string> files = headers();
+    REQUIRE(files.size() >= 10);
+    for (const std::string& file : files) {
+        std::vector<std::string> lines = lines_of(read_text(file));
+        INFO(file << " begins:\n" << (lines.size() > 0 ? lines[0] : "") << "\n" << (lines.size() > 1 ? lines[1] : ""));
+        REQUIRE(lines.size() > 2);
+        CHECK(starts_with(lines[0], "// " + base_name(file) + " - "));
+        CHECK(starts_with(lines[1], "// "));
+        std::string opening = lines[0] + " " + lines[1];
+        bool bounds = opening.find(" not ") != std::string::npos || opening.find("never") != std::string::npos ||
+                      opening.find("nothing") != std::string::npos;
+        CHECK(bounds);
+        if (lines.size() > 400) {
+            bool says_why = false;
+            for (size_t i = 0; i < 40 && i < lines.size(); ++i) says_why = says_why || starts_with(lines[i], "// Why long:");
+            INFO(file << " has " << lines.size() << " lines and no \"// Why long:\" line in its first 40");
+            CHECK(says_why);
+        }
+    }
+}
+
 TEST_CASE("the key, bold-word and yaml-block readers see through their markup", "[docs]") {
     CHECK(keys_in_source("if (entry.key == \"a_b\") x; else if (key == \"c\") y; if (e.key != \"v\")") ==
           Names{"a_b", "c", "v"});
@@ -712,7 +747,7 @@ Quoted quoted_names(const std::string& text) {
         if (span.find('\n') != std::string::npos) continue;
         size_t paren = span.find('(');
         if (paren != std::string::npos && span.back() == ')') span = span.substr(0, paren);
-        if (ends_with(span, ".hpp") || ends_with(span, ".cpp")) {
+        if ((ends_with(span, ".hpp") || ends_with(span, ".cpp")) && span.find('*') == std::string::npos) {
             q.files.insert(span);
             continue;
         }
@@ -752,7 +787,7 @@ TEST_CASE("every file, class and function docs/architecture.md names is in the c
         INFO("docs/architecture.md names " << file);
         CHECK((!read_text(file).empty() || !read_text("tests/" + file).empty()));
     }
-    Quoted t = quoted_names("`worker::Worker::run` `a_b(x, y)` `finish` `poller.hpp` `-t` `1_000` `x::y z`");
+    Quoted t = quoted_names("`worker::Worker::run` `a_b(x, y)` `finish` `poller.hpp` `-t` `1_000` `x::y z` `tests/f_*.cpp`");
     CHECK(t.identifiers == Names{"worker::Worker::run", "a_b"});
     CHECK(t.files == Names{"poller.hpp"});
 }
@@ -777,4 +812,17 @@ TEST_CASE("mixctl -h, docs/configuration.md and mixctl.8 all document MIXCTL_POL
     else unsetenv("MIXCTL_POLLER");
     CHECK(bad.exit.code == 1);
     CHECK(bad.err.find("MIXCTL_POLLER=kqueue") != std::string::npos);
+}
+
+TEST_CASE("README.md is a landing page: short, and one click from every page under docs/", "[docs]") {
+    std::string readme = read_text("README.md");
+    size_t lines = lines_of(readme).size();
+    INFO("README.md has " << lines << " lines; the reference belongs in docs/");
+    CHECK(lines <= 260);
+    std::vector<std::string> pages = files_in("docs", ".md");
+    REQUIRE(pages.size() >= 5);
+    for (const std::string& page : pages) {
+        INFO("README.md does not link docs/" << page);
+        CHECK(readme.find("](docs/" + page + ")") != std::string::npos);
+    }
 }

@@ -703,7 +703,7 @@ TEST_CASE("usage text is exactly what Go's default usage would print", "[flags][
         "and exit\n"
         "  -f string\n"
         "    \trules file (YAML: rules of from/to; also routes (SNI), accept_proxy,\n"
-        "    \tmax_conns_per_client ...: see README.md or mixctl(8)) (default \"rules.yaml\")\n"
+        "    \tmax_conns_per_client ...: see docs/configuration.md or mixctl(8)) (default \"rules.yaml\")\n"
         "  -grace duration\n"
         "    \ton SIGTERM/SIGINT, time live connections get to finish (default 10s)\n"
         "  -probe string\n"

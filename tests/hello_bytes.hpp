@@ -1,5 +1,5 @@
-// hello_bytes.hpp - hand-built TLS ClientHello bytes for the tests, with
-// every length settable, so a test can make one that lies.
+// hello_bytes.hpp - hand-built TLS ClientHello bytes for the tests, every length settable, so one can lie.
+// Owns nothing but building those bytes; never opens a socket.
 #pragma once
 
 #include <cstdint>

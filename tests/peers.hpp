@@ -1,5 +1,7 @@
-// peers.hpp - other programs as test peers (openssl, curl, HAProxy, nginx):
-// run to completion with a deadline, or kept running as a child that dies
+// peers.hpp - other programs as test peers (openssl, curl, HAProxy, nginx), each bounded in time.
+// Owns the processes it starts and stops them by pid; never dials off loopback.
+//
+// Run to completion with a deadline, or kept running as a child that dies
 // with the test and is stopped by its pid.
 #pragma once
 
