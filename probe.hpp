@@ -14,7 +14,9 @@
 // What is sent: a HEAD request line, which HTTP servers answer, which Go TLS
 // servers (K3s, RKE2, the Kubernetes API) answer with "HTTP/1.0 400 Bad
 // Request", and which servers that speak first (SSH, SMTP) answer with their
-// banner anyway. The whole probe, name lookup included, ends by the deadline.
+// banner anyway. A rule whose health_check talks (send/expect, or tls) is
+// probed with that exchange instead, so the probe asks what the checker asks.
+// The whole probe, name lookup included, ends by the deadline.
 #pragma once
 
 #include <algorithm>
@@ -32,6 +34,7 @@
 #include "config.hpp"
 #include "flags.hpp"
 #include "net.hpp"
+#include "tls_hello.hpp"
 
 namespace probe {
 
@@ -52,6 +55,22 @@ struct Outcome {
     bool ok = false;
     std::string line;  // one line, no newline
 };
+
+// The rule's own health check, when it says more than "connect": a TLS
+// ClientHello must be answered by a handshake record; send/expect as written.
+inline Exchange exchange_for(const config::Rule& rule) {
+    Exchange ex;
+    const config::HealthCheck& check = rule.policy.health;
+    if (!check.enabled) return ex;
+    if (check.tls) {
+        ex.send = tls_hello::client_hello(check.sni, static_cast<uint64_t>(Clock::now().time_since_epoch().count()));
+        ex.expect = std::string("\x16\x03", 2);
+    } else if (!check.send.empty() || !check.expect.empty()) {
+        ex.send = check.send;
+        ex.expect = check.expect;
+    }
+    return ex;
+}
 
 inline bool is_wildcard(const std::string& host) { return host.empty() || host == "0.0.0.0" || host == "::"; }
 
@@ -89,6 +108,7 @@ inline bool find_target(const std::string& what, const std::string& file, Target
         out.label = "(" + found->name + ") ";
         out.where = is_address && !is_wildcard(asked.host) ? asked : dial_address(found->from);
         out.label += out.where.text();
+        out.exchange = exchange_for(*found);
         return true;
     }
     if (is_address) {
