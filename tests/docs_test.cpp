@@ -826,3 +826,18 @@ TEST_CASE("README.md is a landing page: short, and one click from every page und
         CHECK(readme.find("](docs/" + page + ")") != std::string::npos);
     }
 }
+
+TEST_CASE("no draft or scratch file sits beside the sources or the docs", "[docs]") {
+    for (const char* dir : {".", "docs", "tests", "contrib", "bench"}) {
+        for (const std::string& name : files_in(dir, "")) {
+            std::string lower;
+            for (char c : name) lower += static_cast<char>(c >= 'A' && c <= 'Z' ? c - 'A' + 'a' : c);
+            INFO(dir << "/" << name);
+            CHECK(lower.find("draft") == std::string::npos);
+            CHECK(lower.find("scratch") == std::string::npos);
+            CHECK(!ends_with(lower, ".orig"));
+            CHECK(!ends_with(lower, ".rej"));
+            CHECK(!ends_with(lower, "~"));
+        }
+    }
+}
