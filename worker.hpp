@@ -33,13 +33,20 @@ struct Listener {
     net::Fd fd;
     size_t rule = 0;
     std::string address;  // as bound, e.g. "127.0.0.1:41000"
+    uint16_t offset = 0;  // port - the rule's first port (port ranges)
+    config::Protocol protocol = config::Protocol::tcp;
+    int worker = -1;      // a UDP socket's worker; -1: shared by all
 };
+
+// Per rule, per upstream: the address upstream sockets bind to (length 0: none).
+using Sources = std::vector<std::vector<net::SockAddr>>;
 
 struct Settings {
     int index = 0;                          // slot on the balance board
     Clock::duration dial_timeout{};         // zero: no deadline
     Clock::duration grace{};
     int parent_fd = -1;                     // EOF here means the parent is gone
+    const Sources* sources = nullptr;
 };
 
 inline int64_t to_ms(Clock::time_point t) {
@@ -391,7 +398,16 @@ private:
 
     const upstreams::Pool& pool_of(const Conn& c) const { return shared_.pool(listeners_[c.listener].rule); }
     const config::Rule& rule_of(const Conn& c) const { return *pool_of(c).rule; }
-    const std::string& target_text(const Conn& c) const { return rule_of(c).to[c.target].text; }
+    // A ranged upstream is shown as dialed ("127.0.0.1:30007"), not as written.
+    std::string target_text(const Conn& c) const {
+        const config::Upstream& up = rule_of(c).to[c.target];
+        return up.ranged ? c.dialed.text() : up.text;
+    }
+    const net::SockAddr* source_of(const Conn& c) const {
+        if (!settings_.sources) return nullptr;
+        const net::SockAddr& s = (*settings_.sources)[listeners_[c.listener].rule][c.target];
+        return s.length ? &s : nullptr;
+    }
 
     void warn_fail_open(const upstreams::Pool& pool) {
         Clock::time_point now = Clock::now();
@@ -414,7 +430,9 @@ private:
             }
             ++c.address;
             ++c.attempts;
-            int rc = net::dial_start(c.dialed, c.upstream);
+            if (rule_of(c).to[c.target].ranged)
+                c.dialed.set_port(static_cast<uint16_t>(c.dialed.port() + listeners_[c.listener].offset));
+            int rc = net::dial_start(c.dialed, c.upstream, source_of(c));
             if (rc == 0) {
                 c.slot[upstream_side] = static_cast<int>(add_slot(c.upstream.get(), POLLOUT, id, upstream_side));
                 connected(id);
@@ -449,7 +467,7 @@ private:
     void log_dial_error(Conn& c, const std::string& why) {
         c.last_error = why;
         std::string address = c.dialed.text();
-        const std::string& text = target_text(c);
+        const std::string text = target_text(c);
         std::string more;
         if (!throttle_.allow("dial " + text, now_, more)) return;
         if (address == text)
