@@ -45,6 +45,8 @@ inline std::string render(const upstreams::Shared& shared, int64_t now_ms) {
         {"mixctl_upstream_connect_failures_total", "counter", "Connect attempts to the upstream that failed."},
         {"mixctl_upstream_bytes_in_total", "counter", "Bytes relayed from clients to the upstream."},
         {"mixctl_upstream_bytes_out_total", "counter", "Bytes relayed from the upstream to clients."},
+        {"mixctl_upstream_datagrams_in_total", "counter", "UDP datagrams relayed from clients to the upstream."},
+        {"mixctl_upstream_datagrams_out_total", "counter", "UDP datagrams relayed from the upstream to clients."},
     };
     std::string out;
     char value[32];
@@ -62,12 +64,36 @@ inline std::string render(const upstreams::Shared& shared, int64_t now_ms) {
                     case 2: v = s.total.load(); break;
                     case 3: v = s.failed.load(); break;
                     case 4: v = s.bytes_in.load(); break;
-                    default: v = s.bytes_out.load(); break;
+                    case 5: v = s.bytes_out.load(); break;
+                    case 6: v = s.datagrams_in.load(); break;
+                    default: v = s.datagrams_out.load(); break;
                 }
                 snprintf(value, sizeof value, "%llu", v);
                 out += std::string(families[f].name) + "{rule=\"" + label(pool.rule->name) + "\",upstream=\"" +
                        label(pool.rule->to[u].text) + "\"} " + value + "\n";
             }
+        }
+    }
+    // Per UDP rule: what its bounded session table and full buffers cost.
+    static const Family rule_families[] = {
+        {"mixctl_rule_sessions_evicted_total", "counter", "UDP sessions ended to make room under max_sessions."},
+        {"mixctl_rule_datagrams_dropped_total", "counter", "UDP datagrams not relayed (no socket, full buffer, too big)."},
+        {"mixctl_rule_sessions_lost_total", "counter", "UDP sessions of a worker that died without ending them."},
+    };
+    for (size_t f = 0; f < sizeof rule_families / sizeof rule_families[0]; ++f) {
+        bool any = false;
+        for (size_t r = 0; r < shared.rules(); ++r) {
+            const upstreams::Pool& pool = shared.pool(r);
+            if (pool.rule->policy.protocol != config::Protocol::udp) continue;
+            if (!any) {
+                out += std::string("# HELP ") + rule_families[f].name + " " + rule_families[f].help + "\n";
+                out += std::string("# TYPE ") + rule_families[f].name + " " + rule_families[f].type + "\n";
+                any = true;
+            }
+            unsigned long long v = f == 0 ? pool.state->evicted.load() : f == 1 ? pool.state->dropped.load()
+                                                                               : pool.state->lost.load();
+            snprintf(value, sizeof value, "%llu", v);
+            out += std::string(rule_families[f].name) + "{rule=\"" + label(pool.rule->name) + "\"} " + value + "\n";
         }
     }
     return out;

@@ -351,11 +351,6 @@ std::unique_ptr<Generation> build_generation(const std::string& file, size_t wor
     auto gen = std::make_unique<Generation>();
     gen->workers = workers;
     if (!load(file, log, gen->cfg, gen->plan)) return nullptr;
-    for (const config::Rule& rule : gen->cfg.rules)
-        if (rule.policy.protocol == config::Protocol::udp) {
-            log.print("error: rule (%s): protocol: udp is not served yet", rule.name.c_str());
-            return nullptr;
-        }
     if (!bind_all(*gen, previous, log) || !bind_metrics(*gen, previous, log)) return nullptr;
     if (!gen->shared.map(gen->cfg, gen->plan.upstreams, workers) || !gen->board.map(static_cast<int>(workers))) {
         log.print("error: mmap: %s", net::errno_text(errno).c_str());
@@ -548,7 +543,34 @@ private:
         settings.grace = grace();
         settings.parent_fd = lifeline_read_.get();
         settings.sources = &gen.plan.sources;
-        worker::Worker relay(gen.shared, gen.listeners, settings, log_, gen.board);
+        // This worker keeps the TCP listeners and its own UDP sockets; the
+        // other workers' UDP sockets are closed here (the parent keeps them).
+        std::vector<worker::Listener> mine;
+        std::vector<udp_relay::Socket> sockets;
+        for (size_t i = 0; i < gen.listeners.size();) {
+            worker::Listener& l = gen.listeners[i];
+            if (l.protocol != config::Protocol::udp) {
+                ++i;
+                continue;
+            }
+            if (l.worker == static_cast<int>(index)) {
+                udp_relay::Socket sock;
+                sock.fd = l.fd.get();
+                sock.rule = l.rule;
+                sock.offset = l.offset;
+                sock.address = l.address;
+                net::local_address(l.fd.get(), sock.bound);
+                sock.wildcard = udp_relay::is_wildcard(sock.bound);
+                sockets.push_back(std::move(sock));
+                mine.push_back(std::move(l));
+            }
+            gen.listeners.erase(gen.listeners.begin() + static_cast<long>(i));
+        }
+        std::unique_ptr<udp_relay::Relay> udp;
+        if (!sockets.empty())
+            udp = std::make_unique<udp_relay::Relay>(gen.shared, std::move(sockets), static_cast<int>(index), log_,
+                                                     &gen.plan.sources);
+        worker::Worker relay(gen.shared, gen.listeners, settings, log_, gen.board, udp.get());
         return relay.run();
     }
 
@@ -631,18 +653,31 @@ private:
         int64_t now_ms = worker::to_ms(Clock::now());
         for (size_t r = 0; r < gen.shared.rules(); ++r) {
             const upstreams::Pool& pool = gen.shared.pool(r);
-            log_.print("stats clients rule=%s active=%u denied=%llu", pool.rule->name.c_str(), pool.state->active.load(),
-                       static_cast<unsigned long long>(pool.state->denied.load()));
+            // UDP rules: active and total count sessions; the extra fields
+            // are UDP's own.
+            const bool udp = pool.rule->policy.protocol == config::Protocol::udp;
+            char extra[160] = "";
+            if (udp)
+                snprintf(extra, sizeof extra, " evicted=%llu dropped=%llu lost=%llu protocol=udp",
+                         static_cast<unsigned long long>(pool.state->evicted.load()),
+                         static_cast<unsigned long long>(pool.state->dropped.load()),
+                         static_cast<unsigned long long>(pool.state->lost.load()));
+            log_.print("stats clients rule=%s active=%u denied=%llu%s", pool.rule->name.c_str(),
+                       pool.state->active.load(), static_cast<unsigned long long>(pool.state->denied.load()), extra);
             for (size_t u = 0; u < pool.size(); ++u) {
                 const upstreams::UpstreamState& s = pool.at(u);
+                if (udp)
+                    snprintf(extra, sizeof extra, " datagrams_in=%llu datagrams_out=%llu",
+                             static_cast<unsigned long long>(s.datagrams_in.load()),
+                             static_cast<unsigned long long>(s.datagrams_out.load()));
                 log_.print("stats rule=%s upstream=%s state=%s active=%u total=%llu failed=%llu bytes_in=%llu "
-                           "bytes_out=%llu",
+                           "bytes_out=%llu%s",
                            pool.rule->name.c_str(), pool.rule->to[u].text.c_str(),
                            upstreams::is_up(s, now_ms) ? "up" : "down", s.active.load(),
                            static_cast<unsigned long long>(s.total.load()),
                            static_cast<unsigned long long>(s.failed.load()),
                            static_cast<unsigned long long>(s.bytes_in.load()),
-                           static_cast<unsigned long long>(s.bytes_out.load()));
+                           static_cast<unsigned long long>(s.bytes_out.load()), extra);
             }
         }
         for (size_t i = 0; i < gen.workers; ++i) {

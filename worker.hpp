@@ -23,6 +23,7 @@
 #include "net.hpp"
 #include "relay.hpp"
 #include "signals.hpp"
+#include "udp_relay.hpp"
 #include "upstreams.hpp"
 
 namespace worker {
@@ -53,12 +54,14 @@ inline int64_t to_ms(Clock::time_point t) {
     return std::chrono::duration_cast<std::chrono::milliseconds>(t.time_since_epoch()).count();
 }
 
-class Worker {
+class Worker : private udp_relay::Loop {
 public:
+    // udp: this worker's UDP sockets and sessions, or nullptr.
     Worker(const upstreams::Shared& shared, std::vector<Listener>& listeners, const Settings& settings,
-           const mixlog::Logger& log, balance::Board& board)
-        : shared_(shared), listeners_(listeners), settings_(settings), log_(log), board_(board),
+           const mixlog::Logger& log, balance::Board& board, udp_relay::Relay* udp = nullptr)
+        : shared_(shared), listeners_(listeners), settings_(settings), log_(log), board_(board), udp_(udp),
           scratch_(new char[relay::buffer_size]) {
+        if (udp_) udp_->attach(*this);
         random_state_ = static_cast<uint64_t>(getpid()) * 0x9E3779B97F4A7C15ULL ^
                         static_cast<uint64_t>(Clock::now().time_since_epoch().count());
     }
@@ -73,15 +76,20 @@ public:
         add_slot(wake_.fd(), POLLIN, control_owner);
         add_slot(settings_.parent_fd, POLLIN, control_owner);
         for (size_t i = 0; i < listeners_.size(); ++i) add_slot(listeners_[i].fd.get(), POLLIN, control_owner);
+        udp_first_slot_ = slots_.size();
+        if (udp_)
+            for (const udp_relay::Socket& sock : udp_->sockets()) add_slot(sock.fd, POLLIN, control_owner);
         first_conn_slot_ = slots_.size();
 
         for (;;) {
             check_signals();
             Clock::time_point now = now_ = Clock::now();
             expire_timers(now);
-            if (stopping_ && live_ == 0) return 0;
+            if (udp_) udp_->expire(now);
+            const size_t sessions = udp_ ? udp_->live() : 0;
+            if (stopping_ && live_ == 0 && sessions == 0) return 0;
             if (stopping_ && now >= grace_deadline_) {
-                log_.print("worker %d: grace period over, closing %zu connections", settings_.index, live_);
+                log_.print("worker %d: grace period over, closing %zu connections", settings_.index, live_ + sessions);
                 abort_all();
                 return 0;
             }
@@ -97,6 +105,7 @@ public:
             now_ = Clock::now();
             handle_control();
             handle_connections();
+            handle_udp_sockets();
             // Handling the ready sockets can take a while on a busy machine;
             // a dial deadline must count from the accept, not from poll().
             now_ = Clock::now();
@@ -114,7 +123,7 @@ private:
     static constexpr short readable = POLLIN;
     static constexpr short source_shut = 0;
 #endif
-    enum Side : uint8_t { client_side = 0, upstream_side = 1 };
+    enum Side : uint8_t { client_side = 0, upstream_side = 1, udp_session = 2 };
 
     struct Owner {
         uint32_t conn;
@@ -168,7 +177,8 @@ private:
             pollfds_[index].revents = 0;
             slots_[index] = slots_[last];
             Owner moved = slots_[index];
-            conns_[moved.conn]->slot[moved.side] = static_cast<int>(index);
+            if (moved.side == udp_session) udp_->moved(moved.conn, static_cast<int>(index));
+            else conns_[moved.conn]->slot[moved.side] = static_cast<int>(index);
         }
         pollfds_.pop_back();
         slots_.pop_back();
@@ -194,11 +204,28 @@ private:
                                                         (c.up.has_parked() ? POLLOUT : 0)));
     }
 
+    // ---- UDP (udp_relay.hpp): the relay's sockets in this loop --------
+
+    int watch(int fd, uint32_t session) override {
+        return static_cast<int>(add_slot(fd, POLLIN, session, udp_session));
+    }
+    void unwatch(int handle) override { remove_slot(static_cast<size_t>(handle)); }
+
+    void handle_udp_sockets() {
+        if (!udp_) return;
+        for (size_t j = 0; j < udp_->sockets().size(); ++j) {
+            pollfd& p = pollfds_[udp_first_slot_ + j];
+            if (p.revents & POLLIN) udp_->on_socket(static_cast<uint32_t>(j), now_);
+            p.revents = 0;
+        }
+    }
+
     // ---- the loop's parts ---------------------------------------------
 
     int poll_timeout(Clock::time_point now) const {
         Clock::time_point wake = now + std::chrono::hours(1);
         if (!timers_.empty()) wake = std::min(wake, timers_.begin()->first);
+        if (udp_) wake = std::min(wake, udp_->next_deadline());
         if (stopping_) wake = std::min(wake, grace_deadline_);
         if (paused_) wake = std::min(wake, resume_accept_);
         const std::chrono::milliseconds recheck(paced(balance::Board::recheck_every_ms));
@@ -240,6 +267,10 @@ private:
             pollfds_[2 + i].fd = -1;
             listeners_[i].fd.reset();
         }
+        // A UDP socket is no longer read (the next generation's worker reads
+        // it), but is kept: live sessions send their replies through it.
+        if (udp_)
+            for (size_t j = 0; j < udp_->sockets().size(); ++j) pollfds_[udp_first_slot_ + j].fd = -1;
     }
 
     // A listener is polled while this worker may accept (balance), is not
@@ -611,6 +642,10 @@ private:
             if (!revents) continue;
             pollfds_[i].revents = 0;
             Owner owner = slots_[i];
+            if (owner.side == udp_session) {
+                udp_->on_upstream(owner.conn, now_);
+                continue;
+            }
             Conn& c = *conns_[owner.conn];
             if (!c.connected) on_dial_event(owner, revents);
             else on_relay_event(owner, revents);
@@ -727,6 +762,7 @@ private:
     void abort_all() {
         for (uint32_t id = 0; id < conns_.size(); ++id)
             if (conns_[id]->client) finish(id, "shutting down", true);
+        if (udp_) udp_->finish_all("shutting down");
     }
 
     static constexpr int pause_ms = 200;
@@ -736,6 +772,8 @@ private:
     Settings settings_;
     const mixlog::Logger& log_;
     balance::Board& board_;
+    udp_relay::Relay* udp_;
+    size_t udp_first_slot_ = 0;
 
     signals::SelfPipe wake_;
     std::vector<pollfd> pollfds_;
