@@ -29,6 +29,7 @@
 #include "net.hpp"
 #include "privileges.hpp"
 #include "signals.hpp"
+#include "poller.hpp"
 #include "udp_relay.hpp"
 #include "upstreams.hpp"
 #include "worker.hpp"
@@ -50,7 +51,7 @@ struct Plan {
     std::vector<net::SockAddr> metrics;                             // where GET /metrics listens
     std::vector<std::vector<net::SockAddr>> binds;                  // per rule: addresses to listen on (first port)
     std::vector<std::vector<std::vector<net::SockAddr>>> upstreams;  // per rule, per upstream
-    worker::Sources sources;                                        // per rule, per upstream (length 0: none)
+    dialer::Sources sources;                                         // per rule, per upstream (length 0: none)
 };
 
 // ":port" resolves to both wildcards; the IPv6 one, dual-stack, takes IPv4
@@ -367,8 +368,8 @@ std::unique_ptr<Generation> build_generation(const std::string& file, size_t wor
 class Supervisor {
 public:
     Supervisor(const flags::Options& options, std::unique_ptr<Generation> first, const privileges::Identity* run_as,
-               const mixlog::Logger& log)
-        : options_(options), current_(std::move(first)), run_as_(run_as), log_(log) {}
+               const mixlog::Logger& log, poller::Backend backend)
+        : options_(options), current_(std::move(first)), run_as_(run_as), log_(log), backend_(backend) {}
 
     int run() {
         if (!wake_.open() || !open_lifeline()) {
@@ -542,6 +543,7 @@ private:
         settings.dial_timeout = std::chrono::duration_cast<Clock::duration>(options_.dial_timeout);
         settings.grace = grace();
         settings.parent_fd = lifeline_read_.get();
+        settings.backend = backend_;
         settings.sources = &gen.plan.sources;
         // This worker keeps the TCP listeners and its own UDP sockets; the
         // other workers' UDP sockets are closed here (the parent keeps them).
@@ -692,6 +694,7 @@ private:
     const privileges::Identity* run_as_;
     std::vector<Retired> retired_;
     const mixlog::Logger& log_;
+    poller::Backend backend_;
     signals::SelfPipe wake_;
     net::Fd lifeline_read_, lifeline_write_;
     bool stopping_ = false;
@@ -743,13 +746,20 @@ int main(int argc, char** argv) {
             return 1;
         }
     }
+    poller::Backend backend = poller::default_backend();
+    const char* wanted = nullptr;
+    if (!poller::backend_from_env(backend, wanted)) {
+        log.print("error: MIXCTL_POLLER=%s: this build can wait with %s", wanted, poller::choices());
+        return 1;
+    }
     signals::ignore(SIGPIPE);
     raise_fd_limit(log);
     size_t workers = static_cast<size_t>(options.workers > 0 ? options.workers : online_cpus());
     std::unique_ptr<Generation> first = build_generation(options.file, workers, nullptr, log);
     if (!first) return 1;
     log_forwarding(first->cfg, first->listeners, log);
-    log.print("mixctl %s started: %zu workers, pid %d", MIXCTL_VERSION, workers, static_cast<int>(getpid()));
-    Supervisor supervisor(options, std::move(first), options.user.empty() ? nullptr : &identity, log);
+    log.print("mixctl %s started: %zu workers, pid %d, %s", MIXCTL_VERSION, workers, static_cast<int>(getpid()),
+              poller::name(backend));
+    Supervisor supervisor(options, std::move(first), options.user.empty() ? nullptr : &identity, log, backend);
     return supervisor.run();
 }

@@ -155,19 +155,20 @@ struct Session {
     net::SockAddr dialed;
     Clock::time_point started{}, last_activity{};
     uint64_t datagrams_in = 0, datagrams_out = 0, bytes_in = 0, bytes_out = 0;
-    int slot = -1;           // the loop's handle for `upstream`
+    uint64_t token = 0;      // the loop's name for `upstream` (0: not watched)
     uint32_t prev = none, next = none;  // the rule's list, least recently active first
     bool live = false;
     static constexpr uint32_t none = UINT32_MAX;
 };
 
-// What the relay needs from the worker's loop: to be told when a session's
-// upstream socket is readable. The worker maps a handle back to the session
-// through `moved`, which the loop calls when it relocates a handle.
+// What the relay needs from the worker's loop (poller.hpp underneath): to
+// be told when a session's upstream socket is readable. The loop hands the
+// event back to on_upstream with the token watch() returned; a token that
+// no longer matches is a stale event for a session that ended this turn.
 class Loop {
 public:
-    virtual int watch(int fd, uint32_t session) = 0;  // returns a handle
-    virtual void unwatch(int handle) = 0;
+    virtual uint64_t watch(int fd, uint32_t session) = 0;  // the token, or 0 when the wait set refused it
+    virtual void unwatch(int fd) = 0;                      // fd is about to be closed
 protected:
     ~Loop() = default;
 };
@@ -186,7 +187,6 @@ public:
     void attach(Loop& loop) { loop_ = &loop; }
     const std::vector<Socket>& sockets() const { return sockets_; }
     size_t live() const { return live_; }
-    void moved(uint32_t session, int handle) { sessions_[session]->slot = handle; }
 
     // The socket's datagrams: each goes to its flow's session, which is
     // made on the first one.
@@ -213,7 +213,8 @@ public:
 
     // The session's upstream socket is readable: replies go to the client,
     // from the address it sent to.
-    void on_upstream(uint32_t id, Clock::time_point now) {
+    void on_upstream(uint32_t id, uint64_t token, Clock::time_point now) {
+        if (id >= sessions_.size() || sessions_[id]->token != token) return;  // ended earlier this turn
         for (int n = 0; n < batch; ++n) {
             Session& s = *sessions_[id];
             ssize_t size = ::recv(s.upstream.get(), buffer_.get(), max_datagram + 1, MSG_TRUNC);
@@ -467,7 +468,7 @@ private:
             s.dialed = to;
             s.started = s.last_activity = now;
             s.live = true;
-            s.slot = loop_->watch(s.upstream.get(), id);
+            s.token = loop_->watch(s.upstream.get(), id);
             table_.emplace(key, id);
             push_back(list, id);
             ++live_;
@@ -478,6 +479,11 @@ private:
             if (log_.verbose())
                 log_.trace("Connected %s => %s (%s) protocol=udp", local.address.text().c_str(), target_text(s).c_str(),
                            client.text().c_str());
+            if (!s.token) {  // the wait set is out of memory: this session cannot be served
+                pool.state->dropped.fetch_add(1);
+                finish(id, "wait set full");
+                return Session::none;
+            }
             return id;
         }
         pool.state->dropped.fetch_add(1);
@@ -613,7 +619,7 @@ private:
         shared_.add_active(static_cast<size_t>(worker_), *pool.state, -1);
         unlink(lists_[sockets_[s.socket].rule], id);
         table_.erase(s.key);
-        if (s.slot >= 0) loop_->unwatch(s.slot);
+        if (s.token) loop_->unwatch(s.upstream.get());
         *sessions_[id] = Session();  // closes the upstream socket
         free_.push_back(id);
         --live_;

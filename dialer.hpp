@@ -1,0 +1,198 @@
+// dialer.hpp - picking an upstream for a client, connecting to it nonblocking, failing over.
+// Owns the dial plan of a connection and the upstreams' passive health; not the wait set, timers or relay.
+//
+// A connection's Dial lists the upstreams to try (upstreams::plan) and where
+// it stands: which upstream, which of its addresses. Dialer::next starts the
+// next connect and says how it went; a refused or timed-out connect comes
+// back through Dialer::failed and the plan moves on, each attempt with its
+// own deadline (design note: failover happens inside the dial phase).
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "config.hpp"
+#include "flags.hpp"
+#include "log.hpp"
+#include "net.hpp"
+#include "upstreams.hpp"
+
+namespace dialer {
+
+using Clock = std::chrono::steady_clock;
+
+inline int64_t to_ms(Clock::time_point t) {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(t.time_since_epoch()).count();
+}
+
+// Where one connection's dial stands.
+struct Dial {
+    std::vector<uint16_t> order;  // upstreams to try, as indexes into the rule's `to`
+    uint32_t step = 0, address = 0, attempts = 0;
+    std::string last_error;         // of the upstream being tried
+    bool only_local_errors = true;  // every failure of this upstream was ours (no ports left)
+    net::SockAddr dialed;
+    size_t target = 0;
+    uint16_t offset = 0;  // the client's port - the rule's first port: where a ranged upstream goes
+
+    // Ready for the next connection, keeping order's capacity.
+    void reset() {
+        order.clear();
+        step = address = attempts = 0;
+        last_error.clear();
+        only_local_errors = true;
+        target = 0;
+        offset = 0;
+    }
+};
+
+// Per rule, per upstream: the address upstream sockets bind to (length 0: none).
+using Sources = std::vector<std::vector<net::SockAddr>>;
+
+enum class Outcome {
+    connected,   // the socket is connected already
+    connecting,  // EINPROGRESS: wait for POLLOUT, under the dial deadline
+    no_fds,      // our own descriptor shortage (errno in `error`): try the same dial again later
+    gave_up,     // every upstream failed; logged
+};
+
+class Dialer {
+public:
+    Dialer(const upstreams::Shared& shared, const mixlog::Logger& log, Clock::duration default_timeout,
+           const Sources* sources = nullptr)
+        : shared_(shared), log_(log), default_timeout_(default_timeout), sources_(sources) {
+        random_state_ = static_cast<uint64_t>(getpid()) * 0x9E3779B97F4A7C15ULL ^
+                        static_cast<uint64_t>(Clock::now().time_since_epoch().count());
+    }
+
+    // Fills d.order for a client of `rule`.
+    void plan(size_t rule, const net::SockAddr& peer, Clock::time_point now, Dial& d) {
+        const upstreams::Pool& pool = shared_.pool(rule);
+        auto random = [this] { return next_random(); };
+        if (!upstreams::plan(pool, peer, to_ms(now), random, d.order)) warn_fail_open(pool);
+    }
+
+    // Tries the current (upstream, address) and on to the next ones until a
+    // connect is under way or has succeeded; with none left, gives up.
+    Outcome next(size_t rule, Dial& d, net::Fd& upstream, const net::SockAddr& client, Clock::time_point now,
+                 int& error) {
+        const upstreams::Pool& pool = shared_.pool(rule);
+        while (d.step < d.order.size()) {
+            d.target = d.order[d.step];
+            if (!upstreams::address_at(pool.at(d.target), d.address, d.dialed)) {
+                upstream_failed(rule, d, now);
+                ++d.step;
+                d.address = 0;
+                continue;
+            }
+            ++d.address;
+            ++d.attempts;
+            if (pool.rule->to[d.target].ranged) d.dialed.set_port(static_cast<uint16_t>(d.dialed.port() + d.offset));
+            int rc = net::dial_start(d.dialed, upstream, source_of(rule, d.target));
+            if (rc == 0) return Outcome::connected;
+            if (rc == EINPROGRESS) return Outcome::connecting;
+            if (out_of_resources(rc)) {
+                // Our own shortage, not the upstream's fault: no other upstream
+                // would fare better and none is marked down for it. The client
+                // keeps its place and the same dial is tried again.
+                --d.address;
+                --d.attempts;
+                error = rc;
+                return Outcome::no_fds;
+            }
+            log_error(rule, d, net::errno_text(rc), now);
+            // No free local port is our shortage, not the upstream's fault.
+            if (rc != EADDRNOTAVAIL) d.only_local_errors = false;
+        }
+        log_.print("error: no upstream of (%s) reachable for %s: %u attempts failed", pool.rule->name.c_str(),
+                   client.text().c_str(), d.attempts);
+        return Outcome::gave_up;
+    }
+
+    // The connect under way failed (refused, reset, timed out): the caller
+    // closes the socket and calls next() again.
+    void failed(size_t rule, Dial& d, const std::string& why, Clock::time_point now) {
+        log_error(rule, d, why, now);
+        d.only_local_errors = false;
+    }
+
+    // The connect succeeded: the upstream is healthy.
+    void succeeded(size_t rule, const Dial& d) { upstreams::record_success(shared_.pool(rule).at(d.target)); }
+
+    // A rule's connect_timeout, or -t.
+    Clock::duration timeout(size_t rule) const {
+        const flags::Duration per_rule = shared_.pool(rule).rule->policy.connect_timeout;
+        if (per_rule.count() > 0) return std::chrono::duration_cast<Clock::duration>(per_rule);
+        return default_timeout_;
+    }
+
+    // A ranged upstream is shown as dialed ("127.0.0.1:30007"), not as written.
+    std::string target_text(size_t rule, const Dial& d) const {
+        const config::Upstream& up = shared_.pool(rule).rule->to[d.target];
+        return up.ranged ? d.dialed.text() : up.text;
+    }
+
+    const net::SockAddr* source_of(size_t rule, size_t target) const {
+        if (!sources_) return nullptr;
+        const net::SockAddr& s = (*sources_)[rule][target];
+        return s.length ? &s : nullptr;
+    }
+
+    static bool out_of_resources(int err) {
+        return err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM;
+    }
+
+private:
+    void log_error(size_t rule, Dial& d, const std::string& why, Clock::time_point now) {
+        d.last_error = why;
+        std::string address = d.dialed.text();
+        const std::string text = target_text(rule, d);
+        std::string more;
+        if (!throttle_.allow("dial " + text, now, more)) return;
+        if (address == text)
+            log_.print("error dialing %s: %s%s", text.c_str(), why.c_str(), more.c_str());
+        else
+            log_.print("error dialing %s (%s): %s%s", text.c_str(), address.c_str(), why.c_str(), more.c_str());
+    }
+
+    // Every address of one upstream failed: that counts against its health.
+    void upstream_failed(size_t rule, Dial& d, Clock::time_point now) {
+        bool ours = d.only_local_errors;
+        d.only_local_errors = true;  // for the next upstream
+        if (d.address == 0 || ours) return;  // nothing dialed, or only our own shortage
+        const upstreams::Pool& pool = shared_.pool(rule);
+        upstreams::UpstreamState& state = pool.at(d.target);
+        const config::Policy& policy = pool.rule->policy;
+        state.resolve_wanted.store(1, std::memory_order_relaxed);
+        if (upstreams::record_failure(state, policy, to_ms(now)))
+            log_.print("upstream %s of (%s) is DOWN: %s (passive: %d failed connects within %s)",
+                       target_text(rule, d).c_str(), pool.rule->name.c_str(), d.last_error.c_str(),
+                       policy.max_fails, flags::format_duration(policy.fail_timeout).c_str());
+    }
+
+    void warn_fail_open(const upstreams::Pool& pool) {
+        Clock::time_point now = Clock::now();
+        if (now < quiet_fail_open_until_) return;
+        quiet_fail_open_until_ = now + std::chrono::seconds(1);
+        log_.print("all upstreams of (%s) are down; trying them anyway", pool.rule->name.c_str());
+    }
+
+    uint64_t next_random() {
+        random_state_ ^= random_state_ << 13;
+        random_state_ ^= random_state_ >> 7;
+        random_state_ ^= random_state_ << 17;
+        return random_state_;
+    }
+
+    const upstreams::Shared& shared_;
+    const mixlog::Logger& log_;
+    Clock::duration default_timeout_;
+    const Sources* sources_;
+    mixlog::Throttle throttle_;
+    Clock::time_point quiet_fail_open_until_{};
+    uint64_t random_state_;
+};
+
+}  // namespace dialer
