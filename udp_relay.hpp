@@ -250,7 +250,7 @@ public:
     // ordered by last activity, so only its head is ever looked at.
     void expire(Clock::time_point now) {
         for (size_t r = 0; r < lists_.size(); ++r) {
-            const auto idle = std::chrono::duration_cast<Clock::duration>(shared_.pool(r).rule->policy.idle_timeout);
+            const Clock::duration idle = idle_of(r);
             while (lists_[r].head != Session::none && sessions_[lists_[r].head]->last_activity + idle <= now)
                 finish(lists_[r].head, "idle timeout");
         }
@@ -261,11 +261,17 @@ public:
         Clock::time_point next = Clock::time_point::max();
         for (size_t r = 0; r < lists_.size(); ++r) {
             if (lists_[r].head == Session::none) continue;
-            const auto idle = std::chrono::duration_cast<Clock::duration>(shared_.pool(r).rule->policy.idle_timeout);
-            next = std::min(next, sessions_[lists_[r].head]->last_activity + idle);
+            next = std::min(next, sessions_[lists_[r].head]->last_activity + idle_of(r));
         }
         return next;
     }
+
+    // The worker stops (a reload or a stop): its sockets are read by the
+    // next generation, so a session here only waits for replies to what it
+    // already sent. Once quiet for `drain_idle` (or its idle_timeout, if
+    // shorter) it ends, instead of holding the worker for all of -grace.
+    static constexpr std::chrono::seconds drain_idle{1};
+    void begin_stop() { stopping_ = true; }
 
     void finish_all(const char* reason) {
         for (uint32_t id = 0; id < sessions_.size(); ++id)
@@ -279,6 +285,11 @@ private:
     };
 
     const upstreams::Pool& pool_of(const Session& s) const { return shared_.pool(sockets_[s.socket].rule); }
+
+    Clock::duration idle_of(size_t rule) const {
+        auto idle = std::chrono::duration_cast<Clock::duration>(shared_.pool(rule).rule->policy.idle_timeout);
+        return stopping_ ? std::min<Clock::duration>(idle, drain_idle) : idle;
+    }
 
     ssize_t receive(const Socket& sock, net::SockAddr& client, Local& local, bool& truncated) {
         iovec iov{buffer_.get(), max_datagram + 1};
@@ -638,6 +649,7 @@ private:
     std::vector<List> lists_;  // per rule
     std::vector<uint16_t> order_;
     size_t live_ = 0;
+    bool stopping_ = false;
     mixlog::Throttle throttle_;
     uint64_t random_state_;
 };

@@ -276,8 +276,10 @@ private:
         acceptor_.stop();
         // A UDP socket is no longer read (the next generation's worker reads
         // the very same socket), but kept: live sessions reply through it.
-        if (udp_)
+        if (udp_) {
             for (const udp_relay::Socket& sock : udp_->sockets()) poller_.forget(sock.fd, false);
+            udp_->begin_stop();
+        }
     }
 
     // ---- UDP (udp_relay.hpp): session sockets in this loop's wait set ----

@@ -79,7 +79,8 @@ TEST_CASE("range: to [host] without a port goes to the port the client reached",
     CHECK(d.wait_log("Connected 127.0.0.1:" + std::to_string(base + 2) + " => 127.0.0.2:" + std::to_string(base + 2)));
     d.signal(SIGUSR1);
     CHECK(d.wait_log("stats clients rule=ftp "));
-    CHECK(d.count("stats rule=ftp upstream=127.0.0.2 ") == 1);
+    CHECK(d.wait_log("stats rule=ftp upstream=127.0.0.2 "));
+    CHECK(d.count("stats rule=ftp upstream=") == 1);
 }
 
 TEST_CASE("range: a shifted range maps port N to N - first + target", "[range]") {
@@ -111,8 +112,10 @@ TEST_CASE("range: a port that cannot be bound fails the start naming it, nothing
     Exit e = d.wait_exit();
     INFO(d.log());
     CHECK(e.code == 1);
-    CHECK(d.count("error: rule (r): listen on 127.0.0.1:" + std::to_string(base + 3) + ": ") == 1);
-    CHECK(d.count("address already in use") == 1);
+    // The log pipe is read by a thread: wait for the lines, do not just count them.
+    CHECK(d.wait_log("error: rule (r): listen on 127.0.0.1:" + std::to_string(base + 3) + ": "));
+    CHECK(d.wait_log("address already in use"));
+    CHECK(d.count("listen on") == 1);
     for (int i : {0, 1, 2, 4, 5}) CHECK(bindable("127.0.0.1", static_cast<uint16_t>(base + i), SOCK_STREAM));
 }
 
@@ -180,6 +183,7 @@ TEST_CASE("source: a non-local address is refused by -check, at start and on rel
     Daemon d(rules_yaml({rule_yaml("r", "127.0.0.1:0", {up.address()})}));
     uint16_t port = d.port("r");
     REQUIRE(port != 0);
+    REQUIRE(d.workers(1).size() == 1);  // forked after the parent's signal handlers are in
     std::string now = bad_text;
     now.replace(now.find("127.0.0.1:0"), 11, "127.0.0.1:" + std::to_string(port));
     d.dir().write("rules.yaml", now);

@@ -220,6 +220,7 @@ TEST_CASE("udp: two client sockets are two sessions, each sticky to its upstream
     CHECK(seen_one.size() == 1);  // one session: one upstream source port
     CHECK(seen_two.size() == 1);
     CHECK(*seen_one.begin() != *seen_two.begin());
+    CHECK(d.wait_log("Connected 127.0.0.1:" + std::to_string(port), 5000ms, 2));
     CHECK(d.count("Connected 127.0.0.1:" + std::to_string(port)) == 2);
 }
 
@@ -234,6 +235,7 @@ TEST_CASE("udp: a session ends after idle_timeout; the next datagram opens a new
     REQUIRE(udp_ask(c.get(), "x", first));
     CHECK(d.wait_log("datagrams_in=1 datagrams_out=1 reason=\"idle timeout\"", 3000ms));
     REQUIRE(udp_ask(c.get(), "y", second));
+    CHECK(d.wait_log("Connected ", 5000ms, 2));
     CHECK(d.count("Connected ") == 2);
     CHECK(first != second);  // a new session: a new upstream socket
 }
@@ -350,6 +352,7 @@ TEST_CASE("udp: reloads and a killed worker under a client loop: served througho
     };
     Daemon d(text(false), {"-w", "2", "-v=false", "-grace", "1s"});
     REQUIRE(d.port("r") == port);
+    REQUIRE(d.workers(2).size() == 2);  // forked after the parent's signal handlers are in
     std::atomic<bool> stop{false};
     std::atomic<int> good{0}, bad{0}, wrong{0};
     std::thread client([&] {
@@ -397,4 +400,22 @@ TEST_CASE("udp: reloads and a killed worker under a client loop: served througho
     INFO("udp reload/kill loop: " << good << " answered, " << bad << " lost datagrams, sessions lost: "
                                   << atoi(log.c_str() + at + 5));
     CHECK(alive(d));
+}
+
+TEST_CASE("udp: a stop with a live session drains within a second, not the whole -grace", "[udp]") {
+    UdpServer up(udp_echo);
+    Daemon d(rules_yaml({udp_rule("r", "127.0.0.1:0", {up.address()})}), {"-w", "1", "-grace", "30s"});
+    uint16_t port = d.port("r");
+    REQUIRE(port != 0);
+    net::Fd c = udp_client(port);
+    std::string reply;
+    REQUIRE(udp_ask(c.get(), "x", reply));
+    REQUIRE(d.workers(1).size() == 1);
+    Clock::time_point asked = Clock::now();
+    d.signal(SIGTERM);
+    Exit e = d.wait_exit(10000ms);
+    INFO(d.log());
+    CHECK(e.code == 0);
+    CHECK(elapsed_ms(asked) < 8000);  // quiet for 1 s ends it; -grace would be 30 s
+    CHECK(d.wait_log("datagrams_in=1 datagrams_out=1 reason=\"idle timeout\""));
 }
