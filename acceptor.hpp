@@ -14,7 +14,9 @@
 // a million times a second, so the listeners are taken out of the wait set.
 // They come back as soon as a connection of this worker closes (it frees
 // descriptors), or after pause_ms at the latest (a descriptor may also be
-// freed by something we do not see, e.g. a pipe pool shrinking).
+// freed by something we do not see, e.g. a pipe pool shrinking). While
+// paused (or stopped) the worker is off the balance board's comparison, so
+// the other workers take its share at once instead of waiting on it.
 #pragma once
 
 #include <chrono>
@@ -76,7 +78,7 @@ public:
     // Once per turn before waiting: decides which listeners to watch.
     void arm(Clock::time_point now) {
         if (stopped_) return;
-        if (paused_ && now >= resume_at_) paused_ = false;
+        if (paused_ && now >= resume_at_) resume();
         listening_ = !paused_ && board_.may_accept(worker_, to_ms(now));
         rules_full_ = false;
         for (size_t i = 0; i < listeners_.size(); ++i) {
@@ -106,7 +108,7 @@ public:
     // so a pause for want of them ends now instead of at its timer.
     void descriptors_freed() {
         if (paused_) {
-            paused_ = false;
+            resume();
             resume_at_ = Clock::time_point{};
         }
     }
@@ -115,6 +117,7 @@ public:
     // until a descriptor frees. Logged at most once per shortage_log_every.
     void pause(Clock::time_point now, size_t listener, int err, const char* call = "accept") {
         paused_ = true;
+        board_.set_accepting(worker_, false);  // the other workers stop waiting for us now
         resume_at_ = now + std::chrono::milliseconds(pause_ms);
         for (size_t i = 0; i < listeners_.size(); ++i) listen_on(i, false);
         if (now < quiet_shortage_until_) {
@@ -134,6 +137,7 @@ public:
     void stop() {
         if (stopped_) return;
         stopped_ = true;
+        board_.set_accepting(worker_, false);
         for (Listener& l : listeners_) {
             poller_.forget(l.fd.get(), false);  // shared with other processes: never implicit
             l.fd.reset();
@@ -145,6 +149,11 @@ public:
     }
 
 private:
+    void resume() {
+        paused_ = false;
+        board_.set_accepting(worker_, true);
+    }
+
     void listen_on(size_t i, bool on) {
         if (!listeners_[i].fd) return;
         if (int err = poller_.want(listeners_[i].fd.get(), on ? POLLIN : poller::silent)) {

@@ -12,6 +12,10 @@
 // Liveness: a worker stamps the board each time round its loop. A worker
 // that has not done so for `stale_after` drops out of the comparison, so a
 // stalled (or SIGSTOPped) one can never strand connections in the backlog.
+// A worker that runs but cannot accept (out of descriptors or memory, or
+// stopping) would stay fresh all the same, and hold the others back to its
+// pace: it says so on the board at once (`accepting`), and is left out of
+// the comparison until it accepts again.
 // An idle worker needs no timed wakeup to stay counted: it polls the
 // listeners, so the next connection wakes it (poll() wakes every waiter) and
 // it stamps again before anyone could be held back on its account. Timed
@@ -39,6 +43,7 @@ struct WorkerSlot {
     shared64::U64 accepted;
     shared64::I64 heartbeat_ms;  // CLOCK_MONOTONIC, ms: the last turn of its loop
     std::atomic<uint32_t> active{0};
+    std::atomic<uint32_t> accepting{1};  // 0 while paused for lack of resources, or stopping
 };
 
 class Board {
@@ -76,6 +81,7 @@ public:
         slots_[worker].accepted.store(lowest == UINT64_MAX ? 0 : lowest);
         slots_[worker].active.store(0, std::memory_order_relaxed);
         slots_[worker].heartbeat_ms.store(now_ms);
+        slots_[worker].accepting.store(1, std::memory_order_relaxed);
     }
 
     // A timed wakeup every `every_ms`, unless the worker holds so many
@@ -86,12 +92,30 @@ public:
 
     void heartbeat(int worker, int64_t now_ms) { slots_[worker].heartbeat_ms.store(now_ms); }
 
+    // Stored only when it changes: the slot's cache line is read by every
+    // other worker on each accept. A worker coming back starts level with
+    // the lowest of the others (as a respawned one does), so the connections
+    // they took meanwhile do not hold them back now.
+    void set_accepting(int worker, bool accepting) {
+        WorkerSlot& me = slots_[worker];
+        if ((me.accepting.load(std::memory_order_relaxed) != 0) == accepting) return;
+        if (accepting) {
+            uint64_t lowest = UINT64_MAX;
+            for (int i = 0; i < count_; ++i)
+                if (i != worker && slots_[i].accepting.load(std::memory_order_relaxed))
+                    lowest = std::min(lowest, slots_[i].accepted.load());
+            if (lowest != UINT64_MAX && lowest > me.accepted.load()) me.accepted.store(lowest);
+        }
+        me.accepting.store(accepting ? 1 : 0);
+    }
+
     bool may_accept(int worker, int64_t now_ms) const {
         if (count_ <= 1) return true;
         uint64_t mine = slots_[worker].accepted.load();
         for (int i = 0; i < count_; ++i) {
             if (i == worker) continue;
             const WorkerSlot& other = slots_[i];
+            if (!other.accepting.load(std::memory_order_relaxed)) continue;
             if (now_ms - other.heartbeat_ms.load() > stale_after_ms) continue;
             if (mine > other.accepted.load() + lead) return false;
         }

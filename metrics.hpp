@@ -45,6 +45,10 @@ inline std::string render(const upstreams::Shared& shared, int64_t now_ms) {
         {"mixctl_upstream_connect_failures_total", "counter", "Connect attempts to the upstream that failed."},
         {"mixctl_upstream_bytes_in_total", "counter", "Bytes relayed from clients to the upstream."},
         {"mixctl_upstream_bytes_out_total", "counter", "Bytes relayed from the upstream to clients."},
+        {"mixctl_upstream_resets_by_client_total", "counter",
+         "Relayed connections the client aborted (reset or socket error), passed on to the upstream as a reset."},
+        {"mixctl_upstream_resets_by_upstream_total", "counter",
+         "Relayed connections the upstream aborted (reset or socket error), passed on to the client as a reset."},
         {"mixctl_upstream_datagrams_in_total", "counter", "UDP datagrams relayed from clients to the upstream."},
         {"mixctl_upstream_datagrams_out_total", "counter", "UDP datagrams relayed from the upstream to clients."},
     };
@@ -65,7 +69,9 @@ inline std::string render(const upstreams::Shared& shared, int64_t now_ms) {
                     case 3: v = s.failed.load(); break;
                     case 4: v = s.bytes_in.load(); break;
                     case 5: v = s.bytes_out.load(); break;
-                    case 6: v = s.datagrams_in.load(); break;
+                    case 6: v = s.client_resets.load(); break;
+                    case 7: v = s.upstream_resets.load(); break;
+                    case 8: v = s.datagrams_in.load(); break;
                     default: v = s.datagrams_out.load(); break;
                 }
                 snprintf(value, sizeof value, "%llu", v);

@@ -673,13 +673,15 @@ private:
                              static_cast<unsigned long long>(s.datagrams_in.load()),
                              static_cast<unsigned long long>(s.datagrams_out.load()));
                 log_.print("stats rule=%s upstream=%s state=%s active=%u total=%llu failed=%llu bytes_in=%llu "
-                           "bytes_out=%llu%s",
+                           "bytes_out=%llu resets_by_client=%llu resets_by_upstream=%llu%s",
                            pool.rule->name.c_str(), pool.rule->to[u].text.c_str(),
                            upstreams::is_up(s, now_ms) ? "up" : "down", s.active.load(),
                            static_cast<unsigned long long>(s.total.load()),
                            static_cast<unsigned long long>(s.failed.load()),
                            static_cast<unsigned long long>(s.bytes_in.load()),
-                           static_cast<unsigned long long>(s.bytes_out.load()), extra);
+                           static_cast<unsigned long long>(s.bytes_out.load()),
+                           static_cast<unsigned long long>(s.client_resets.load()),
+                           static_cast<unsigned long long>(s.upstream_resets.load()), extra);
             }
         }
         for (size_t i = 0; i < gen.workers; ++i) {

@@ -15,6 +15,11 @@
 //
 // EOF from the source is passed on as shutdown(SHUT_WR) once everything
 // before it is written: half-close is relayed, never turned into a close.
+// An abort is relayed as an abort: a reset (or any socket error) on the
+// source ends the direction with that error once the bytes read before it
+// are out, and the worker then closes with RST. A FIN in its place would
+// tell the other side that a truncated stream was complete. Every error
+// says whose socket it came from (fault_at_source()).
 #pragma once
 
 #include <cerrno>
@@ -115,6 +120,9 @@ public:
     bool has_parked() const { return !parked_.empty() || in_pipe_ > 0; }
     bool wants_read() const { return !eof_ && !has_parked(); }
     uint64_t bytes() const { return bytes_; }
+    // Whose socket the last error returned came from: the source's (true)
+    // or the destination's.
+    bool fault_at_source() const { return fault_at_source_; }
 
     // The other direction has finished, so the connection is closed as soon
     // as this one passes on its EOF: close() sends that FIN, and a
@@ -141,25 +149,32 @@ public:
             ssize_t n = ::read(source, scratch, buffer_size);
             if (n > 0) {
                 size_t sent = 0;
-                if (int err = send_all(destination, scratch, static_cast<size_t>(n), sent)) return err;
+                if (int err = send_all(destination, scratch, static_cast<size_t>(n), sent))
+                    return at_destination(err);
                 if (sent < static_cast<size_t>(n)) park(scratch + sent, static_cast<size_t>(n) - sent, pool);
                 if (static_cast<size_t>(n) < buffer_size) {  // drained the socket
-                    if (source_shut) end_of_source(destination);
-                    return 0;
+                    return source_shut ? end_of_source(source, destination) : 0;
                 }
                 if (sent < static_cast<size_t>(n)) return 0;
                 bulk_ = true;
                 continue;
             }
-            if (n == 0) {
-                end_of_source(destination);
-                return 0;
-            }
+            if (n == 0) return end_of_source(source, destination);
             if (errno == EINTR) continue;
             if (errno == EAGAIN || errno == EWOULDBLOCK) return 0;
-            return errno;
+            return at_source(errno);
         }
         return 0;
+    }
+
+    // The source's socket failed (POLLERR) after its last bytes were read:
+    // those still parked go out first, then the abort.
+    int source_failed(int err, int destination) {
+        if (err == 0) return 0;
+        eof_ = true;
+        source_error_ = err;
+        if (shut_) return at_source(err);  // its EOF went out already: the abort follows it
+        return pass_on_eof(destination);
     }
 
     // Bytes of our own that must go first (a PROXY header), ahead of anything
@@ -170,7 +185,7 @@ public:
         const uint64_t relayed = bytes_;
         int err = send_all(destination, data.data(), data.size(), sent);
         bytes_ = relayed;
-        if (err) return err;
+        if (err) return at_destination(err);
         if (sent < data.size()) park(data.data() + sent, data.size() - sent, pool);
         return 0;
     }
@@ -179,10 +194,10 @@ public:
     int flush(int destination, BufferPool& pool, PipePool& pipes) {
 #ifdef MIXCTL_SPLICE
         if (in_pipe_ > 0) {
-            if (int err = drain_pipe(destination)) return err;
+            if (int err = drain_pipe(destination)) return at_destination(err);
             if (in_pipe_ == 0) {
                 pipes.give(std::move(pipe_));
-                if (eof_) pass_on_eof(destination);
+                if (eof_) return pass_on_eof(destination);
             }
             return 0;
         }
@@ -191,13 +206,12 @@ public:
 #endif
         size_t sent = 0;
         if (int err = send_all(destination, parked_.data.get() + parked_.start, parked_.end - parked_.start, sent))
-            return err;
+            return at_destination(err);
         parked_.start += static_cast<uint32_t>(sent);
         if (!parked_.empty()) return 0;
         pool.give(std::move(parked_.data));
         parked_ = Parked();
-        if (eof_) pass_on_eof(destination);
-        return 0;
+        return eof_ ? pass_on_eof(destination) : 0;
     }
 
     // The connection is over. A pipe still holding bytes is closed, not
@@ -219,19 +233,17 @@ private:
             ssize_t n = ::splice(source, nullptr, pipe_.write_end.get(), nullptr, splice_chunk,
                                  SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
             if (n == 0) {
-                eof_ = true;
                 pipes.give(std::move(pipe_));  // empty: nothing was left in it
-                pass_on_eof(destination);
-                return 0;
+                return end_of_source(source, destination);
             }
             if (n < 0) {
                 if (errno == EINTR) continue;
                 int err = errno;
                 pipes.give(std::move(pipe_));
-                return (err == EAGAIN || err == EWOULDBLOCK) ? 0 : err;
+                return (err == EAGAIN || err == EWOULDBLOCK) ? 0 : at_source(err);
             }
             in_pipe_ = static_cast<size_t>(n);
-            if (int err = drain_pipe(destination)) return err;
+            if (int err = drain_pipe(destination)) return at_destination(err);
             if (in_pipe_ > 0) return 0;  // the destination is full: the pipe holds the rest
             if (static_cast<size_t>(n) < splice_chunk) break;  // the source is drained for now
         }
@@ -278,17 +290,33 @@ private:
         parked_.end = static_cast<uint32_t>(size);
     }
 
-    void end_of_source(int destination) {
-        eof_ = true;
-        pass_on_eof(destination);
+    int at_source(int err) {
+        fault_at_source_ = true;
+        return err;
+    }
+    int at_destination(int err) {
+        fault_at_source_ = false;
+        return err;
     }
 
-    void pass_on_eof(int destination) {
-        if (has_parked() || shut_) return;
-        // A peer that already reset shows up as an error on its own socket;
-        // nothing to report here.
+    // The read said EOF, or POLLRDHUP let us skip the read that would have.
+    // Linux raises POLLRDHUP for a reset as well as for a FIN, and a read
+    // returns the bytes that came before a reset first: only the socket's
+    // error tells an abort from a finished stream.
+    int end_of_source(int source, int destination) {
+        eof_ = true;
+        source_error_ = net::pending_error(source);
+        return pass_on_eof(destination);
+    }
+
+    // Once everything before it is out: a finished source becomes our FIN
+    // (or the close that follows), a failed one the error that aborts.
+    int pass_on_eof(int destination) {
+        if (has_parked() || shut_) return 0;
+        if (source_error_) return at_source(source_error_);
         if (!close_follows_eof_) ::shutdown(destination, SHUT_WR);
         shut_ = true;
+        return 0;
     }
 
     Parked parked_;
@@ -298,6 +326,8 @@ private:
     bool eof_ = false;
     bool shut_ = false;
     bool close_follows_eof_ = false;
+    bool fault_at_source_ = false;
+    int source_error_ = 0;  // the source ended with an error, not a FIN: passed on as an abort
     uint64_t bytes_ = 0;
 };
 

@@ -37,6 +37,8 @@ struct UpstreamState {
     shared64::U64 failed;     // connect attempts that failed
     shared64::U64 bytes_in;   // client -> upstream
     shared64::U64 bytes_out;  // upstream -> client
+    shared64::U64 client_resets;    // relays the client aborted (passed on to the upstream as RST)
+    shared64::U64 upstream_resets;  // relays the upstream aborted (passed on to the client as RST)
     shared64::U64 datagrams_in;   // UDP: client -> upstream
     shared64::U64 datagrams_out;  // UDP: upstream -> client
     // Passive health: max_fails failures within fail_timeout -> down until.
@@ -226,6 +228,8 @@ inline void copy_history(const UpstreamState& from, UpstreamState& to) {
     to.failed.store(from.failed.load());
     to.bytes_in.store(from.bytes_in.load());
     to.bytes_out.store(from.bytes_out.load());
+    to.client_resets.store(from.client_resets.load());
+    to.upstream_resets.store(from.upstream_resets.load());
     to.datagrams_in.store(from.datagrams_in.load());
     to.datagrams_out.store(from.datagrams_out.load());
     to.window_start_ms.store(from.window_start_ms.load());

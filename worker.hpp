@@ -158,6 +158,7 @@ private:
         bool hung_up[2] = {false, false};
         Clock::time_point started{};
         uint64_t counted_in = 0, counted_out = 0;  // bytes already added to the shared counters
+        int8_t reset_by = -1;   // the Side whose socket error aborted the relay, if one did
     };
 
     // ---- the wait set ---------------------------------------------------
@@ -433,15 +434,25 @@ private:
         const int other = from_client ? upstream : client;
         if (events & POLLHUP) c.hung_up[side] = true;
 
+        // Whose socket an error comes from: this one, unless a Direction
+        // says it was the other end of its stream.
+        const Side peer = from_client ? upstream_side : client_side;
+        Side failed = side;
         int err = 0;
         if ((events & POLLERR) && !(events & POLLIN)) err = net::pending_error(self);
-        if (!err && (events & POLLOUT) && writing.has_parked()) err = writing.flush(self, pool_, pipes_);
-        if (!err && (events & (POLLIN | POLLHUP | POLLERR)) && reading.wants_read())
+        if (!err && (events & POLLOUT) && writing.has_parked()) {
+            err = writing.flush(self, pool_, pipes_);
+            if (err && writing.fault_at_source()) failed = peer;
+        }
+        if (!err && (events & (POLLIN | POLLHUP | POLLERR)) && reading.wants_read()) {
             err = reading.pump(self, other, scratch_.get(), pool_, pipes_, (events & source_shut) != 0);
+            if (err && !reading.fault_at_source()) failed = peer;
+        }
         if (!err && (events & POLLERR) && !reading.wants_read() && !writing.has_parked())
-            err = net::pending_error(self);
+            err = reading.source_failed(net::pending_error(self), other);
         if (count_bytes(c)) c.last_activity = now_;
         if (err) {
+            c.reset_by = static_cast<int8_t>(failed);
             finish(id, net::errno_text(err).c_str(), true);
             return;
         }
@@ -525,8 +536,10 @@ private:
             // Whole milliseconds, printed without floating point (which would
             // pull printf's float code into a static binary).
             long long ms = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - c.started).count();
-            char extra[160] = "";
-            if (reason) snprintf(extra, sizeof extra, " error=\"%s\"", reason);
+            char extra[192] = "";
+            if (reason)
+                snprintf(extra, sizeof extra, " error=\"%s\"%s", reason,
+                         c.reset_by < 0 ? "" : c.reset_by == client_side ? " reset_by=client" : " reset_by=upstream");
             log_.trace("Closed %s => %s (%s) bytes_in=%" PRIu64 " bytes_out=%" PRIu64 " duration=%lld.%03llds%s",
                        from.c_str(), target_text(c).c_str(), c.client_address.text().c_str(), c.up.bytes(),
                        c.down.bytes(), ms / 1000, ms % 1000, extra);
@@ -543,7 +556,11 @@ private:
         timers_.cancel(id);
         if (c.holds_rule_slot) acceptor_.release_rule_slot(rule_of(c));
         if (log_.verbose()) log_closed(c, reason);
-        if (c.connected) shared_.add_active(static_cast<size_t>(settings_.index), upstream_state(c), -1);
+        if (c.connected) {
+            upstreams::UpstreamState& state = upstream_state(c);
+            shared_.add_active(static_cast<size_t>(settings_.index), state, -1);
+            if (c.reset_by >= 0) (c.reset_by == client_side ? state.client_resets : state.upstream_resets).fetch_add(1);
+        }
         if (abort) {
             if (c.client) net::set_abortive_close(c.client.get());
             if (c.upstream) net::set_abortive_close(c.upstream.get());
