@@ -141,9 +141,10 @@ FORCE:
 	test-install test-systemd
 
 # ---- fuzzing, sanitizers, valgrind (issue 5: "Proof") ----------------------
-#   make fuzz [FUZZ_SECONDS=30]   libFuzzer over yaml_lite and config validation:
-#                                 each target runs FUZZ_SECONDS on a fresh copy of
-#                                 tests/fuzz/corpus in build/fuzz (the tree is never
+#   make fuzz [FUZZ_SECONDS=30]   libFuzzer over yaml_lite, config validation and the
+#                                 control socket's commands: each target runs FUZZ_SECONDS
+#                                 on a fresh copy of tests/fuzz/corpus-TARGET if there is
+#                                 one, else tests/fuzz/corpus, in build/fuzz (the tree is never
 #                                 written); non-zero exit on any crash, leak, hang
 #                                 or UB. Crash inputs land in build/fuzz/artifacts.
 #   make sanitize                 mixctl and the tests with ASan+UBSan into build/sanitize
@@ -154,7 +155,7 @@ FORCE:
 FUZZ_CXX     ?= clang++
 FUZZ_SECONDS ?= 30
 FUZZ_DIR     := build/fuzz
-FUZZ_TARGETS := yaml config
+FUZZ_TARGETS := yaml config control
 FUZZ_FLAGS   := -std=c++17 -g -O1 -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined \
                 -fno-sanitize-recover=all $(DEFS) -I.
 
@@ -164,11 +165,12 @@ $(FUZZ_DIR)/fuzz_%: tests/fuzz_%.cpp $(HEADERS)
 
 fuzz-build: $(addprefix $(FUZZ_DIR)/fuzz_,$(FUZZ_TARGETS))
 
-# Both targets always run; the exit status says whether either failed.
+# Every target always runs; the exit status says whether either failed.
 fuzz: fuzz-build
 	@rc=0; for t in $(FUZZ_TARGETS); do \
 	    rm -rf $(FUZZ_DIR)/corpus-$$t; mkdir -p $(FUZZ_DIR)/corpus-$$t $(FUZZ_DIR)/artifacts; \
-	    cp tests/fuzz/corpus/* $(FUZZ_DIR)/corpus-$$t/; \
+	    if [ -d tests/fuzz/corpus-$$t ]; then cp tests/fuzz/corpus-$$t/* $(FUZZ_DIR)/corpus-$$t/; \
+	    else cp tests/fuzz/corpus/* $(FUZZ_DIR)/corpus-$$t/; fi; \
 	    echo "fuzz_$$t: $(FUZZ_SECONDS) s"; \
 	    if ! ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 	        $(FUZZ_DIR)/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=2048 \

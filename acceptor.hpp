@@ -204,13 +204,15 @@ private:
     bool rule_full(size_t rule) const {
         const upstreams::Pool& pool = shared_.pool(rule);
         int max = pool.rule->policy.max_conns;
-        return max > 0 && pool.state->active.load(std::memory_order_relaxed) >= static_cast<uint32_t>(max);
+        return (max > 0 && pool.state->active.load(std::memory_order_relaxed) >= static_cast<uint32_t>(max)) ||
+               !upstreams::has_room(pool);  // every enabled upstream at its own max_conns: wait in the backlog
     }
 
     // Takes a place under the rule's max_conns before accepting, so the
     // limit holds across workers without ever accepting and dropping.
     bool reserve_rule_slot(size_t rule) {
         const upstreams::Pool& pool = shared_.pool(rule);
+        if (!upstreams::has_room(pool)) return false;  // every upstream at its own max_conns: wait too
         int max = pool.rule->policy.max_conns;
         shared_.add_active(static_cast<size_t>(worker_), *pool.state, 1);
         if (max > 0 && pool.state->active.load(std::memory_order_relaxed) > static_cast<uint32_t>(max)) {

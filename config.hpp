@@ -13,6 +13,7 @@
 #include <vector>
 
 #include <fcntl.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include "flags.hpp"
@@ -55,6 +56,12 @@ struct HealthCheck {
     Duration timeout = std::chrono::seconds(1);
     int rise = 2;
     int fall = 3;
+    // Deeper checks: after the connect, `send` goes out and the reply must
+    // start with `expect`; or, with `tls`, a ClientHello (with `sni` when set)
+    // must be answered by a TLS handshake record.
+    std::string send, expect;
+    bool tls = false;
+    std::string sni;
 };
 
 // How a rule picks and judges its upstreams. Set per rule, or once under
@@ -71,6 +78,7 @@ struct Policy {
     Duration idle_timeout{};
     Duration halfclose_timeout{};
     int max_conns = 0;  // across all workers; 0: no limit
+    int retries = -1;   // further upstreams a failed connect moves on to; -1: all of them
     std::vector<net::Cidr> allow, deny;
     Protocol protocol = Protocol::tcp;
     int responses = responses_unlimited;  // UDP: replies that end a session
@@ -85,6 +93,7 @@ struct Upstream {
     int line = 0;
     int weight = 1;
     bool backup = false;  // gets traffic only while no primary is up
+    int max_conns = 0;    // live connections across all workers; 0: no limit
     // The port follows the listener's: upstream port = where.port + (the
     // port the client reached - the rule's first port). Set for a port range
     // (`to: [h:50000-50009]`) and for `to: [h]` without a port.
@@ -114,6 +123,9 @@ struct Config {
     bool has_metrics = false;
     net::HostPort metrics;
     int metrics_line = 0;
+    // Optional control socket (top-level `control: /run/mixctl.sock`).
+    std::string control;
+    int control_line = 0;
 };
 
 struct Diagnostics {
@@ -193,6 +205,7 @@ public:
             if (entry.key == "rules") rules = &entry.value;
             else if (entry.key == "defaults") parse_defaults(entry.value);
             else if (entry.key == "metrics") parse_metrics(entry.value, out);
+            else if (entry.key == "control") parse_control(entry.value, out);
             else if (entry.key != "version") warn(entry.line, "unknown key \"" + entry.key + "\" ignored");
         }
         if (!rules) {
@@ -364,6 +377,7 @@ private:
             if (entry.key == "address") address = &entry.value;
             else if (entry.key == "weight") read_int(entry, 1, 1000000, upstream.weight);
             else if (entry.key == "backup") read_bool(entry, upstream.backup);
+            else if (entry.key == "max_conns") read_int(entry, 0, 10000000, upstream.max_conns);
             else if (entry.key == "source") read_source(entry, upstream.source, upstream.source_line);
             else warn(entry.line, "unknown key \"" + entry.key + "\" ignored");
         }
@@ -419,6 +433,20 @@ private:
         out.metrics_line = node.line;
     }
 
+    void parse_control(const yaml_lite::Node& node, Config& out) {
+        if (node.kind != yaml_lite::Kind::Scalar || node.scalar.empty() || node.scalar[0] != '/') {
+            error(node.line, "control: \"" + node.scalar + "\" must be an absolute path like /run/mixctl.sock");
+            return;
+        }
+        if (node.scalar.size() >= sizeof(sockaddr_un{}.sun_path)) {
+            error(node.line, "control: \"" + node.scalar + "\" is too long for a Unix socket path (max " +
+                                 std::to_string(sizeof(sockaddr_un{}.sun_path) - 1) + " bytes)");
+            return;
+        }
+        out.control = node.scalar;
+        out.control_line = node.line;
+    }
+
     void parse_defaults(const yaml_lite::Node& node) {
         if (node.kind != yaml_lite::Kind::Mapping) {
             error(node.line, "defaults: must be a mapping of rule settings");
@@ -443,6 +471,7 @@ private:
         else if (key == "idle_timeout") read_duration(entry, true, policy.idle_timeout);
         else if (key == "halfclose_timeout") read_duration(entry, true, policy.halfclose_timeout);
         else if (key == "max_conns") read_int(entry, 0, 10000000, policy.max_conns);
+        else if (key == "retries") read_int(entry, 0, 1000, policy.retries);
         else if (key == "allow") read_cidrs(entry, policy.allow);
         else if (key == "deny") read_cidrs(entry, policy.deny);
         else if (key == "protocol") read_protocol(entry, policy.protocol);
@@ -571,8 +600,30 @@ private:
             else if (entry.key == "timeout") read_duration(entry, false, health.timeout);
             else if (entry.key == "rise") read_int(entry, 1, 1000, health.rise);
             else if (entry.key == "fall") read_int(entry, 1, 1000, health.fall);
+            else if (entry.key == "send") read_text(entry, health.send);
+            else if (entry.key == "expect") read_text(entry, health.expect);
+            else if (entry.key == "tls") read_bool(entry, health.tls);
+            else if (entry.key == "sni") read_text(entry, health.sni);
             else warn(entry.line, "unknown key \"" + entry.key + "\" ignored");
         }
+        if (health.tls && (!health.send.empty() || !health.expect.empty()))
+            error(node.line, "health_check: tls: true sends its own hello; it can not be combined with send/expect");
+        if (!health.sni.empty() && !health.tls) error(node.line, "health_check: sni: needs tls: true");
+        if (health.sni.size() > 255) error(node.line, "health_check: sni: longer than 255 bytes");
+        for (char c : health.sni)
+            if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' || c == '.')) {
+                error(node.line, "health_check: sni: \"" + health.sni + "\" is not a host name");
+                break;
+            }
+    }
+
+    // A string value; send/expect take YAML's double-quoted escapes ("\r\n").
+    void read_text(const yaml_lite::Entry& entry, std::string& out) {
+        if (entry.value.kind != yaml_lite::Kind::Scalar || entry.value.scalar.size() > 4096) {
+            error(entry.value.line, entry.key + ": must be a string of at most 4096 bytes");
+            return;
+        }
+        out = entry.value.scalar;
     }
 
     // Two rules on one address would fail at bind time with a vaguer

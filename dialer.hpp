@@ -35,6 +35,7 @@ struct Dial {
     bool only_local_errors = true;  // every failure of this upstream was ours (no ports left)
     net::SockAddr dialed;
     size_t target = 0;
+    bool holds_place = false;  // counted in the target's active since its dial began (Dialer::release)
     uint16_t offset = 0;  // the client's port - the rule's first port: where a ranged upstream goes
 
     // Ready for the next connection, keeping order's capacity.
@@ -44,6 +45,7 @@ struct Dial {
         last_error.clear();
         only_local_errors = true;
         target = 0;
+        holds_place = false;
         offset = 0;
     }
 };
@@ -60,9 +62,10 @@ enum class Outcome {
 
 class Dialer {
 public:
-    Dialer(const upstreams::Shared& shared, const mixlog::Logger& log, Clock::duration default_timeout,
+    // worker: this worker's row in the shared active counts.
+    Dialer(const upstreams::Shared& shared, const mixlog::Logger& log, Clock::duration default_timeout, size_t worker,
            const Sources* sources = nullptr)
-        : shared_(shared), log_(log), default_timeout_(default_timeout), sources_(sources) {
+        : shared_(shared), log_(log), default_timeout_(default_timeout), worker_(worker), sources_(sources) {
         random_state_ = static_cast<uint64_t>(getpid()) * 0x9E3779B97F4A7C15ULL ^
                         static_cast<uint64_t>(Clock::now().time_since_epoch().count());
     }
@@ -81,8 +84,16 @@ public:
         const upstreams::Pool& pool = shared_.pool(rule);
         while (d.step < d.order.size()) {
             d.target = d.order[d.step];
+            if (!d.holds_place) {
+                d.holds_place = shared_.take_place(worker_, pool.at(d.target), pool.rule->to[d.target].max_conns);
+                if (!d.holds_place) {  // filled up since the plan: skipped, not failed
+                    ++d.step;
+                    continue;
+                }
+            }
             if (!upstreams::address_at(pool.at(d.target), d.address, d.dialed)) {
                 upstream_failed(rule, d, now);
+                release(rule, d);
                 ++d.step;
                 d.address = 0;
                 continue;
@@ -106,8 +117,12 @@ public:
             // No free local port is our shortage, not the upstream's fault.
             if (rc != EADDRNOTAVAIL) d.only_local_errors = false;
         }
-        log_.print("error: no upstream of (%s) reachable for %s: %u attempts failed", pool.rule->name.c_str(),
-                   client.text().c_str(), d.attempts);
+        if (d.attempts == 0)
+            log_.print("error: no upstream of (%s) free for %s: all disabled or at max_conns", pool.rule->name.c_str(),
+                       client.text().c_str());
+        else
+            log_.print("error: no upstream of (%s) reachable for %s: %u attempts failed", pool.rule->name.c_str(),
+                       client.text().c_str(), d.attempts);
         return Outcome::gave_up;
     }
 
@@ -116,6 +131,13 @@ public:
     void failed(size_t rule, Dial& d, const std::string& why, Clock::time_point now) {
         log_error(rule, d, why, now);
         d.only_local_errors = false;
+    }
+
+    // The connection is done with its target (closed, or given up): its
+    // place in the target's active count (taken when the dial began) goes.
+    void release(size_t rule, Dial& d) const {
+        if (d.holds_place) shared_.add_active(worker_, shared_.pool(rule).at(d.target), -1);
+        d.holds_place = false;
     }
 
     // The connect succeeded: the upstream is healthy.
@@ -189,6 +211,7 @@ private:
     const upstreams::Shared& shared_;
     const mixlog::Logger& log_;
     Clock::duration default_timeout_;
+    size_t worker_;
     const Sources* sources_;
     mixlog::Throttle throttle_;
     Clock::time_point quiet_fail_open_until_{};

@@ -384,6 +384,8 @@ inline const std::vector<FlagSpec>& flag_specs() {
              "on SIGTERM/SIGINT, time live connections get to finish"},
             {"syslog", Kind::Bool, "log to syslog(3) (facility daemon, ident mixctl) instead of stderr"},
             {"u", Kind::String, "after binding, run workers as USER[:GROUP] (the parent keeps its rights for reloads)"},
+            {"ctl", Kind::String,
+             "send a command (show, disable, enable, weight) to the control socket of -f's file, print the answer and exit"},
         };
         std::sort(v.begin(), v.end(), [](const FlagSpec& a, const FlagSpec& b) {
             return std::string_view(a.name) < std::string_view(b.name);
@@ -541,6 +543,8 @@ struct Options {
     Duration grace = std::chrono::seconds(10);  // -grace
     bool syslog = false;                // -syslog
     std::string user;                   // -u USER[:GROUP]; empty: stay who we are
+    bool has_ctl = false;               // -ctl given
+    std::string ctl;                    // -ctl COMMAND
     std::vector<std::string> args;      // positional arguments left after parsing stops
 };
 
@@ -575,6 +579,11 @@ inline bool set_value(const FlagSpec& spec, std::string_view value, Options& opt
     }
     if (name == "u") {
         options.user = std::string(value);
+        return true;
+    }
+    if (name == "ctl") {
+        options.ctl = std::string(value);
+        options.has_ctl = true;
         return true;
     }
     if (name == "t" || name == "grace") {
@@ -626,7 +635,7 @@ inline void set_bool(std::string_view name, bool value, Options& options) {
 inline std::string default_text(const FlagSpec& spec, const Options& defaults) {
     const std::string_view name = spec.name;
     if (name == "f") return defaults.file.empty() ? std::string() : go_quote(defaults.file);
-    if (name == "u") return std::string();
+    if (name == "u" || name == "ctl") return std::string();
     if (name == "t" || name == "grace") {
         Duration d = name == "t" ? defaults.dial_timeout : defaults.grace;
         return d.count() == 0 ? std::string() : format_duration(d);

@@ -49,9 +49,13 @@ inline std::string render(const upstreams::Shared& shared, int64_t now_ms) {
          "Relayed connections the client aborted (reset or socket error), passed on to the upstream as a reset."},
         {"mixctl_upstream_resets_by_upstream_total", "counter",
          "Relayed connections the upstream aborted (reset or socket error), passed on to the client as a reset."},
+        {"mixctl_upstream_weight", "gauge", "The upstream's weight now (the control socket may have changed it)."},
+        {"mixctl_upstream_state", "gauge",
+         "1 for the upstream's state now (up, down, disabled, draining), 0 for the others."},
         {"mixctl_upstream_datagrams_in_total", "counter", "UDP datagrams relayed from clients to the upstream."},
         {"mixctl_upstream_datagrams_out_total", "counter", "UDP datagrams relayed from the upstream to clients."},
     };
+    static const char* const states[] = {"up", "down", "disabled", "draining"};
     std::string out;
     char value[32];
     for (size_t f = 0; f < sizeof families / sizeof families[0]; ++f) {
@@ -61,6 +65,15 @@ inline std::string render(const upstreams::Shared& shared, int64_t now_ms) {
             const upstreams::Pool& pool = shared.pool(r);
             for (size_t u = 0; u < pool.size(); ++u) {
                 const upstreams::UpstreamState& s = pool.at(u);
+                std::string labels = "{rule=\"" + label(pool.rule->name) + "\",upstream=\"" +
+                                     label(pool.rule->to[u].text) + "\"";
+                if (f == 9) {  // one series per state, so a query can sum or alert on any of them
+                    std::string now = upstreams::state_name(s, now_ms);
+                    for (const char* state : states)
+                        out += std::string(families[f].name) + labels + ",state=\"" + state + "\"} " +
+                               (now == state ? "1" : "0") + "\n";
+                    continue;
+                }
                 unsigned long long v = 0;
                 switch (f) {
                     case 0: v = upstreams::is_up(s, now_ms) ? 1 : 0; break;
@@ -71,12 +84,12 @@ inline std::string render(const upstreams::Shared& shared, int64_t now_ms) {
                     case 5: v = s.bytes_out.load(); break;
                     case 6: v = s.client_resets.load(); break;
                     case 7: v = s.upstream_resets.load(); break;
-                    case 8: v = s.datagrams_in.load(); break;
+                    case 8: v = s.weight.load(); break;
+                    case 10: v = s.datagrams_in.load(); break;
                     default: v = s.datagrams_out.load(); break;
                 }
                 snprintf(value, sizeof value, "%llu", v);
-                out += std::string(families[f].name) + "{rule=\"" + label(pool.rule->name) + "\",upstream=\"" +
-                       label(pool.rule->to[u].text) + "\"} " + value + "\n";
+                out += std::string(families[f].name) + labels + "} " + value + "\n";
             }
         }
     }

@@ -24,6 +24,7 @@
 #include "balance.hpp"
 #include "checker.hpp"
 #include "config.hpp"
+#include "control.hpp"
 #include "flags.hpp"
 #include "log.hpp"
 #include "net.hpp"
@@ -200,6 +201,7 @@ struct Generation {
     Plan plan;
     std::vector<worker::Listener> listeners;
     net::Fd metrics;
+    net::Fd control;  // the control socket, listening (config's `control:`)
     upstreams::Shared shared;
     balance::Board board;
     std::vector<WorkerProcess> processes;  // the workers, then the checker if there is one
@@ -295,6 +297,30 @@ bool bind_metrics(Generation& gen, const Generation* previous, const mixlog::Log
     return true;
 }
 
+// The control socket: taken over from the previous generation when the path
+// is the same (no moment without it), else made anew.
+bool bind_control(Generation& gen, const Generation* previous, const mixlog::Logger& log) {
+    const std::string& path = gen.cfg.control;
+    if (path.empty()) return true;
+    if (previous && previous->control && previous->cfg.control == path) {
+        gen.control.reset(fcntl(previous->control.get(), F_DUPFD_CLOEXEC, 0));
+        if (gen.control) return true;
+    }
+    std::string why;
+    gen.control = control::listen_at(path, why);
+    if (!gen.control) {
+        log.print("error: control: %s", why.c_str());
+        return false;
+    }
+    log.print("Control socket on %s", path.c_str());
+    return true;
+}
+
+// The socket file goes with the last generation that uses it.
+void remove_control(const Generation& gone, const Generation* next) {
+    if (gone.control && (!next || next->cfg.control != gone.cfg.control)) ::unlink(gone.cfg.control.c_str());
+}
+
 // Counters and health of upstreams that are still there survive a reload.
 void carry_state(Generation& gen, const Generation& previous) {
     for (size_t r = 0; r < gen.cfg.rules.size(); ++r) {
@@ -308,7 +334,10 @@ void carry_state(Generation& gen, const Generation& previous) {
             now.state->denied.store(before.state->denied.load());
             for (size_t u = 0; u < rule.to.size(); ++u)
                 for (size_t pu = 0; pu < old_rule.to.size(); ++pu)
-                    if (old_rule.to[pu].text == rule.to[u].text) upstreams::copy_history(before.at(pu), now.at(u));
+                    if (old_rule.to[pu].text == rule.to[u].text) {
+                        upstreams::copy_history(before.at(pu), now.at(u));
+                        upstreams::copy_runtime(before.at(pu), old_rule.to[pu], now.at(u), rule.to[u]);
+                    }
             break;
         }
     }
@@ -352,13 +381,15 @@ std::unique_ptr<Generation> build_generation(const std::string& file, size_t wor
     auto gen = std::make_unique<Generation>();
     gen->workers = workers;
     if (!load(file, log, gen->cfg, gen->plan)) return nullptr;
-    if (!bind_all(*gen, previous, log) || !bind_metrics(*gen, previous, log)) return nullptr;
+    if (!bind_all(*gen, previous, log) || !bind_metrics(*gen, previous, log) || !bind_control(*gen, previous, log))
+        return nullptr;
     if (!gen->shared.map(gen->cfg, gen->plan.upstreams, workers) || !gen->board.map(static_cast<int>(workers))) {
         log.print("error: mmap: %s", net::errno_text(errno).c_str());
         return nullptr;
     }
     if (previous) carry_state(*gen, *previous);
-    bool with_checker = checker::needed(gen->cfg) || gen->metrics.valid();
+    gen->workers = workers;
+    bool with_checker = checker::needed(gen->cfg) || gen->metrics.valid() || gen->control.valid();
     gen->processes.resize(workers + (with_checker ? 1 : 0));
     return gen;
 }
@@ -476,6 +507,7 @@ private:
             }
         // Dropping the old generation closes our copies of its sockets before
         // the new workers are forked, so a removed listener really closes.
+        remove_control(*current_, next.get());
         current_ = std::move(next);
         log_forwarding(current_->cfg, current_->listeners, log_);
         for (size_t i = 0; i < current_->processes.size(); ++i) spawn(i);
@@ -521,7 +553,7 @@ private:
         prctl(PR_SET_PDEATHSIG, SIGTERM);
 #endif
         if (!become_unprivileged()) return 1;
-        checker::Checker checker(gen.shared, log_, lifeline_read_.get(), gen.metrics.get());
+        checker::Checker checker(gen.shared, log_, lifeline_read_.get(), gen.metrics.get(), gen.control.get());
         return checker.run();
     }
 
@@ -529,6 +561,7 @@ private:
         wake_.close();
         lifeline_write_.reset();
         gen.metrics.reset();
+        gen.control.reset();
         signals::ignore(SIGINT);   // a terminal's ^C reaches us via the parent's SIGTERM
         signals::ignore(SIGHUP);
         signals::ignore(SIGUSR1);
@@ -633,6 +666,8 @@ private:
                    flags::format_duration(options_.grace).c_str());
         current_->listeners.clear();  // our copies; workers close theirs on SIGTERM
         current_->metrics.reset();
+        remove_control(*current_, nullptr);
+        current_->control.reset();
         for (const WorkerProcess& w : current_->processes)
             if (w.pid > 0) kill(w.pid, SIGTERM);
         stop_deadline_ = Clock::now() + grace() + std::chrono::seconds(2);
@@ -673,15 +708,14 @@ private:
                              static_cast<unsigned long long>(s.datagrams_in.load()),
                              static_cast<unsigned long long>(s.datagrams_out.load()));
                 log_.print("stats rule=%s upstream=%s state=%s active=%u total=%llu failed=%llu bytes_in=%llu "
-                           "bytes_out=%llu resets_by_client=%llu resets_by_upstream=%llu%s",
-                           pool.rule->name.c_str(), pool.rule->to[u].text.c_str(),
-                           upstreams::is_up(s, now_ms) ? "up" : "down", s.active.load(),
-                           static_cast<unsigned long long>(s.total.load()),
+                           "bytes_out=%llu resets_by_client=%llu resets_by_upstream=%llu weight=%u%s",
+                           pool.rule->name.c_str(), pool.rule->to[u].text.c_str(), upstreams::state_name(s, now_ms),
+                           s.active.load(), static_cast<unsigned long long>(s.total.load()),
                            static_cast<unsigned long long>(s.failed.load()),
                            static_cast<unsigned long long>(s.bytes_in.load()),
                            static_cast<unsigned long long>(s.bytes_out.load()),
                            static_cast<unsigned long long>(s.client_resets.load()),
-                           static_cast<unsigned long long>(s.upstream_resets.load()), extra);
+                           static_cast<unsigned long long>(s.upstream_resets.load()), s.weight.load(), extra);
             }
         }
         for (size_t i = 0; i < gen.workers; ++i) {
@@ -709,6 +743,27 @@ std::string join(const std::vector<std::string>& words) {
     return out;
 }
 
+// mixctl -ctl COMMAND: a control client, so a router needs no socat.
+int ask_control(const flags::Options& options, const mixlog::Logger& log) {
+    config::Config cfg;
+    config::Diagnostics diag;
+    if (!config::load_file(options.file, cfg, diag)) {
+        for (const std::string& e : diag.errors) log.print("%s", e.c_str());
+        return 1;
+    }
+    if (cfg.control.empty()) {
+        log.print("error: -ctl: %s has no \"control:\" socket", options.file.c_str());
+        return 1;
+    }
+    std::string reply, why;
+    if (!control::ask(cfg.control, options.ctl, reply, why)) {
+        log.print("error: -ctl: %s", why.c_str());
+        return 1;
+    }
+    fputs(reply.c_str(), stdout);
+    return reply.compare(0, 2, "ok") == 0 ? 0 : 1;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -731,6 +786,7 @@ int main(int argc, char** argv) {
         log.print("warning: ignoring arguments after the flags: %s (bool flags take a value only as -v=false)",
                   join(options.args).c_str());
 
+    if (options.has_ctl) return ask_control(options, log);
     if (options.check) {
         config::Config cfg;
         Plan plan;

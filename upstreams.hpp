@@ -49,6 +49,11 @@ struct UpstreamState {
     std::atomic<uint32_t> probe{probe_unknown};
     // A worker saw a connect fail: the checker re-resolves the name soon.
     std::atomic<uint32_t> resolve_wanted{0};
+    // Run-time settings from the control socket (written by the checker):
+    // a disabled upstream gets no new connections, its live ones go on.
+    std::atomic<uint32_t> disabled{0};
+    std::atomic<uint32_t> weight{1};         // starts as the config's weight
+    std::atomic<uint32_t> weight_changed{0};  // set at run time: kept across a reload
     uint32_t column = 0;  // in the per-worker rows
     // Addresses, single writer (the checker), seqlock for the readers.
     std::atomic<uint32_t> version{0};
@@ -111,6 +116,7 @@ public:
             for (size_t u = 0; u < cfg.rules[r].to.size(); ++u) {
                 UpstreamState* s = new (&ups[next]) UpstreamState();
                 s->column = static_cast<uint32_t>(next++);
+                s->weight.store(static_cast<uint32_t>(cfg.rules[r].to[u].weight), std::memory_order_relaxed);
                 set_addresses(*s, resolved[r][u]);
             }
             pools_.push_back(pool);
@@ -128,6 +134,18 @@ public:
     void add_active(size_t worker, RuleState& r, int delta) const {
         r.active.fetch_add(static_cast<uint32_t>(delta), std::memory_order_relaxed);
         row(worker, r.column).fetch_add(delta, std::memory_order_relaxed);
+    }
+
+    // A connection takes its place at an upstream when it starts dialing it
+    // (so a burst of dials can not overshoot max_conns, and least-conn sees
+    // dials in flight); false, with nothing taken, when the upstream is full.
+    bool take_place(size_t worker, UpstreamState& s, int max_conns) const {
+        add_active(worker, s, 1);
+        if (max_conns > 0 && s.active.load(std::memory_order_relaxed) > static_cast<uint32_t>(max_conns)) {
+            add_active(worker, s, -1);
+            return false;
+        }
+        return true;
     }
 
     // The parent, before it forks a replacement for `worker`.
@@ -238,6 +256,44 @@ inline void copy_history(const UpstreamState& from, UpstreamState& to) {
     to.probe.store(from.probe.load());
 }
 
+// What a reload keeps of the control socket's changes: `disable` always; a
+// run-time weight unless the file's weight for it changed (the file wins).
+inline void copy_runtime(const UpstreamState& from, const config::Upstream& was, UpstreamState& to,
+                         const config::Upstream& now) {
+    to.disabled.store(from.disabled.load());
+    if (from.weight_changed.load() && was.weight == now.weight) {
+        to.weight.store(from.weight.load());
+        to.weight_changed.store(1);
+    }
+}
+
+// At its own max_conns: skipped by new connections.
+inline bool full(const UpstreamState& s, const config::Upstream& u) {
+    return u.max_conns > 0 && s.active.load(std::memory_order_relaxed) >= static_cast<uint32_t>(u.max_conns);
+}
+
+// Whether any new connection could be sent anywhere: false when every
+// upstream that is not disabled is at its max_conns (clients then wait in
+// the kernel backlog, as with the rule's max_conns).
+// When every upstream is disabled there is room: such clients are closed at
+// once rather than left waiting for an operator.
+inline bool has_room(const Pool& pool) {
+    bool any_enabled = false;
+    for (size_t i = 0; i < pool.size(); ++i) {
+        if (pool.at(i).disabled.load(std::memory_order_relaxed)) continue;
+        any_enabled = true;
+        if (!full(pool.at(i), pool.rule->to[i])) return true;
+    }
+    return !any_enabled;
+}
+
+// The one word `show`, SIGUSR1 stats and /metrics use: disabled (no live
+// connections left), draining (disabled, some still live), else health.
+inline const char* state_name(const UpstreamState& s, int64_t now_ms) {
+    if (s.disabled.load(std::memory_order_relaxed)) return s.active.load() ? "draining" : "disabled";
+    return is_up(s, now_ms) ? "up" : "down";
+}
+
 inline void record_success(UpstreamState& s) {
     s.total.fetch_add(1);
     if (s.window_fails.load(std::memory_order_relaxed) != 0) s.window_fails.store(0, std::memory_order_relaxed);
@@ -275,7 +331,9 @@ inline uint64_t client_key(const net::SockAddr& client) {
 template <class Random>
 size_t pick(const Pool& pool, const std::vector<uint16_t>& group, const net::SockAddr& client, Random& random) {
     const config::Rule& rule = *pool.rule;
-    auto weight = [&](size_t k) { return static_cast<uint64_t>(rule.to[group[k]].weight); };
+    auto weight = [&](size_t k) {
+        return static_cast<uint64_t>(std::max<uint32_t>(1, pool.at(group[k]).weight.load(std::memory_order_relaxed)));
+    };
     uint64_t total = 0;
     for (size_t k = 0; k < group.size(); ++k) total += weight(k);
     switch (rule.policy.strategy) {
@@ -291,24 +349,22 @@ size_t pick(const Pool& pool, const std::vector<uint16_t>& group, const net::Soc
             return 0;
         }
         case config::Strategy::least_conn: {
-            // Fewest active per unit of weight; ties broken at random so that
-            // workers that read the same counters do not all pick the same one.
+            // Fewest active per unit of weight; ties go round the shared
+            // cursor, so sequential clients to idle upstreams alternate and
+            // workers that read the same counters do not all pick one.
             size_t best = 0, ties = 0;
-            for (size_t k = 0; k < group.size(); ++k) {
-                uint64_t a = pool.at(group[k]).active.load(std::memory_order_relaxed);
-                uint64_t b = pool.at(group[best]).active.load(std::memory_order_relaxed);
-                if (k == 0) {
-                    ties = 1;
-                    continue;
-                }
-                uint64_t lhs = a * weight(best), rhs = b * weight(k);
-                if (lhs < rhs) {
-                    best = k;
-                    ties = 1;
-                } else if (lhs == rhs && random() % ++ties == 0) {
-                    best = k;
-                }
-            }
+            auto fewer = [&](size_t x, size_t y) {  // x has fewer than y per unit of weight
+                uint64_t ax = pool.at(group[x]).active.load(std::memory_order_relaxed);
+                uint64_t ay = pool.at(group[y]).active.load(std::memory_order_relaxed);
+                return ax * weight(y) < ay * weight(x);
+            };
+            for (size_t k = 1; k < group.size(); ++k)
+                if (fewer(k, best)) best = k;
+            for (size_t k = 0; k < group.size(); ++k) ties += !fewer(best, k);
+            if (ties < 2) return best;
+            uint64_t turn = pool.state->cursor.fetch_add(1) % ties;
+            for (size_t k = 0; k < group.size(); ++k)
+                if (!fewer(best, k) && turn-- == 0) return k;
             return best;
         }
         case config::Strategy::source_hash: {
@@ -337,20 +393,30 @@ size_t pick(const Pool& pool, const std::vector<uint16_t>& group, const net::Soc
 // Which upstreams a connection tries, in order. `out` holds indexes into the
 // rule's `to`. Returns false when nothing was up and the list is everything
 // (fail open), so the caller can say so.
+// Which upstreams a connection tries, in order. `out` holds indexes into the
+// rule's `to`. Disabled upstreams and those at their max_conns are never in
+// it; the rule's `retries` cuts it to 1 + retries. Returns false when nothing
+// was up and the list is everything left (fail open), so the caller can say so.
 template <class Random>
 bool plan(const Pool& pool, const net::SockAddr& client, int64_t now_ms, Random& random, std::vector<uint16_t>& out) {
     out.clear();
     const config::Rule& rule = *pool.rule;
     const size_t n = pool.size();
+    auto usable = [&](size_t i) {
+        return !pool.at(i).disabled.load(std::memory_order_relaxed) && !full(pool.at(i), rule.to[i]);
+    };
     std::vector<uint16_t>& group = out;  // built in place: first the group that serves
     for (bool backups : {false, true}) {
         for (size_t i = 0; i < n; ++i)
-            if (rule.to[i].backup == backups && is_up(pool.at(i), now_ms)) group.push_back(static_cast<uint16_t>(i));
+            if (rule.to[i].backup == backups && usable(i) && is_up(pool.at(i), now_ms))
+                group.push_back(static_cast<uint16_t>(i));
         if (!group.empty()) break;
     }
     bool any_up = !group.empty();
     if (!any_up)
-        for (size_t i = 0; i < n; ++i) group.push_back(static_cast<uint16_t>(i));
+        for (size_t i = 0; i < n; ++i)
+            if (usable(i)) group.push_back(static_cast<uint16_t>(i));
+    if (group.empty()) return true;  // all disabled or full: nothing to try (not a health problem)
 
     size_t first = pick(pool, group, client, random);
     std::swap(group[0], group[first]);
@@ -361,10 +427,12 @@ bool plan(const Pool& pool, const net::SockAddr& client, int64_t now_ms, Random&
     if (any_up && !rule.to[group[0]].backup) {
         size_t primaries = group.size();
         for (size_t i = 0; i < n; ++i)
-            if (rule.to[i].backup && is_up(pool.at(i), now_ms)) group.push_back(static_cast<uint16_t>(i));
+            if (rule.to[i].backup && usable(i) && is_up(pool.at(i), now_ms)) group.push_back(static_cast<uint16_t>(i));
         for (size_t i = group.size(); i > primaries + 1; --i)
             std::swap(group[i - 1], group[primaries + random() % (i - primaries)]);
     }
+    if (rule.policy.retries >= 0 && group.size() > static_cast<size_t>(rule.policy.retries) + 1)
+        group.resize(static_cast<size_t>(rule.policy.retries) + 1);
     return any_up;
 }
 

@@ -52,7 +52,7 @@ public:
            const mixlog::Logger& log, balance::Board& board, udp_relay::Relay* udp = nullptr)
         : shared_(shared), settings_(settings), log_(log), board_(board), poller_(settings.backend),
           acceptor_(shared, listeners, settings.index, log, board, poller_),
-          dialer_(shared, log, settings.dial_timeout, settings.sources), udp_(udp),
+          dialer_(shared, log, settings.dial_timeout, static_cast<size_t>(settings.index), settings.sources), udp_(udp),
           scratch_(new char[relay::buffer_size]) {
         if (udp_) udp_->attach(*this);
     }
@@ -385,8 +385,7 @@ private:
         timers_.cancel(id);
         c.connected = true;
         c.last_activity = now_;
-        dialer_.succeeded(rule_of(c), c.dial);
-        shared_.add_active(static_cast<size_t>(settings_.index), upstream_state(c), 1);
+        dialer_.succeeded(rule_of(c), c.dial);  // counted in active since its dial began
         arm_relay_timer(c, id);
         if (log_.verbose())  // the arguments cost a clock read, a printf and a malloc
             log_.trace("Connected %s => %s (%s)", acceptor_.listener(c.listener).address.c_str(),
@@ -556,11 +555,11 @@ private:
         timers_.cancel(id);
         if (c.holds_rule_slot) acceptor_.release_rule_slot(rule_of(c));
         if (log_.verbose()) log_closed(c, reason);
-        if (c.connected) {
+        if (c.connected && c.reset_by >= 0) {
             upstreams::UpstreamState& state = upstream_state(c);
-            shared_.add_active(static_cast<size_t>(settings_.index), state, -1);
-            if (c.reset_by >= 0) (c.reset_by == client_side ? state.client_resets : state.upstream_resets).fetch_add(1);
+            (c.reset_by == client_side ? state.client_resets : state.upstream_resets).fetch_add(1);
         }
+        dialer_.release(rule_of(c), c.dial);  // its place in the target's active count
         if (abort) {
             if (c.client) net::set_abortive_close(c.client.get());
             if (c.upstream) net::set_abortive_close(c.upstream.get());

@@ -698,6 +698,9 @@ TEST_CASE("usage text is exactly what Go's default usage would print", "[flags][
         "  -V\tprint the version and exit (same as -version)\n"
         "  -check\n"
         "    \tvalidate the config file, print \"configuration OK\" and exit\n"
+        "  -ctl string\n"
+        "    \tsend a command (show, disable, enable, weight) to the control socket of -f's file, print the answer "
+        "and exit\n"
         "  -f string\n"
         "    \trules file (default \"rules.yaml\")\n"
         "  -grace duration\n"
@@ -738,7 +741,7 @@ TEST_CASE("usage names the program by the basename of argv[0]", "[flags][usage]"
 
 TEST_CASE("usage lists every flag once, sorted by name with uppercase first", "[flags][usage]") {
     const std::string text = flags::usage("mixctl");
-    const char* order[] = {"\n  -V\t",          "\n  -check\n",   "\n  -f string\n",
+    const char* order[] = {"\n  -V\t",          "\n  -check\n",   "\n  -ctl string\n", "\n  -f string\n",
                            "\n  -grace duration\n", "\n  -syslog\n", "\n  -t duration\n", "\n  -u string\n", "\n  -v\t",
                            "\n  -version\n",    "\n  -w int\n"};
     std::size_t last = 0;
@@ -756,7 +759,7 @@ TEST_CASE("usage lists every flag once, sorted by name with uppercase first", "[
          at = text.find("\n  -", at + 1)) {
         ++flag_lines;
     }
-    CHECK(flag_lines == 10);
+    CHECK(flag_lines == 11);
 }
 
 TEST_CASE("usage shows defaults the way Go does and omits zero-value defaults",
@@ -773,9 +776,9 @@ TEST_CASE("usage shows defaults the way Go does and omits zero-value defaults",
 }
 
 TEST_CASE("every flag in the usage text is one that parse accepts", "[flags][usage]") {
-    const char* names[] = {"V", "check", "f", "grace", "syslog", "t", "u", "v", "version", "w"};
-    const char* sample[] = {"", "", "x", "1s", "", "1s", "nobody", "", "", "2"};
-    for (std::size_t i = 0; i < 10; ++i) {
+    const char* names[] = {"V", "check", "ctl", "f", "grace", "syslog", "t", "u", "v", "version", "w"};
+    const char* sample[] = {"", "", "show", "x", "1s", "", "1s", "nobody", "", "", "2"};
+    for (std::size_t i = 0; i < 11; ++i) {
         INFO("flag: " << names[i]);
         CHECK(flags::usage("mixctl").find(std::string("  -") + names[i]) != std::string::npos);
         Args argv = {std::string("-") + names[i]};

@@ -582,7 +582,7 @@ TEST_CASE("SIGUSR1 lists per-upstream state, active, total, failed and byte coun
     REQUIRE(s.size() == 2);
     CHECK(s[a.address()].line == "stats rule=r upstream=" + a.address() +
                                      " state=up active=0 total=0 failed=0 bytes_in=0 bytes_out=0"
-                                     " resets_by_client=0 resets_by_upstream=0");
+                                     " resets_by_client=0 resets_by_upstream=0 weight=1");
 
     // 10 exchanges, the first of 1 000 000 bytes; the second one meets the
     // dead upstream first (round-robin) and fails over.
@@ -613,11 +613,12 @@ TEST_CASE("SIGUSR1 lists per-upstream state, active, total, failed and byte coun
     INFO(s[a.address()].line << "\n" << s[dead_address].line);
     CHECK(s[a.address()].line == "stats rule=r upstream=" + a.address() + " state=up active=2 total=12 failed=0 bytes_in=" +
                                      std::to_string(in) + " bytes_out=" + std::to_string(out) +
-                                     " resets_by_client=0 resets_by_upstream=0");
+                                     " resets_by_client=0 resets_by_upstream=0 weight=1");
     CHECK(in == 1009000);
     CHECK(s[dead_address].line ==
           "stats rule=r upstream=" + dead_address +
-              " state=down active=0 total=0 failed=1 bytes_in=0 bytes_out=0 resets_by_client=0 resets_by_upstream=0");
+              " state=down active=0 total=0 failed=1 bytes_in=0 bytes_out=0 resets_by_client=0 resets_by_upstream=0"
+              " weight=1");
     // One line per worker too; together they accepted every connection.
     uint64_t accepted = 0;
     CHECK(wait_until(

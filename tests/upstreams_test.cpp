@@ -354,7 +354,7 @@ TEST_CASE("least-conn picks the upstream with the fewest active connections per 
         CHECK(f.at(1).active.load() == 7);
         CHECK(f.at(2).active.load() == 7);
     }
-    SECTION("ties are broken at random, among the tied only") {
+    SECTION("ties go round the tied only") {
         Fixture f(rule("least-conn", {"127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"}));
         REQUIRE(f.ok);
         Rng rng;
@@ -583,4 +583,120 @@ TEST_CASE("record_failure: many processes failing at once report the transition 
     CHECK(s.failed.load() == 800);
     CHECK(upstreams::passive_down(s, T + 1000));
     munmap(mem, sizeof(std::atomic<int>));
+}
+
+// ---- run-time state, per-upstream limits, retries (issue 15) -----------------
+
+TEST_CASE("least-conn: ten sequential connections to two idle upstreams of equal weight go 5 and 5",
+          "[upstreams][least-conn]") {
+    Fixture f(rule("least-conn", {"127.0.0.1:1", "127.0.0.1:2"}));
+    REQUIRE(f.ok);
+    Rng rng;
+    std::map<size_t, int> counts;
+    for (int i = 0; i < 10; ++i) ++counts[first_choice(f, client(i), rng)];  // each closes before the next
+    CHECK(counts[0] == 5);
+    CHECK(counts[1] == 5);
+}
+
+TEST_CASE("a disabled upstream is never planned, not even when everything else is down", "[upstreams][control]") {
+    Fixture f(rule("round-robin", {"127.0.0.1:1", "127.0.0.1:2", "{address: 127.0.0.1:3, backup: true}"}));
+    REQUIRE(f.ok);
+    Rng rng;
+    f.at(0).disabled = 1;
+    std::vector<uint16_t> order;
+    for (int i = 0; i < 20; ++i) {
+        CHECK(upstreams::plan(f.pool(), client(i), T, rng, order));
+        CHECK(std::find(order.begin(), order.end(), 0) == order.end());
+        CHECK(order[0] == 1);
+    }
+    f.at(1).probe = upstreams::probe_down;
+    CHECK(first_choice(f, client(0), rng) == 2);  // the backup takes over
+    f.at(2).probe = upstreams::probe_down;
+    CHECK_FALSE(upstreams::plan(f.pool(), client(0), T, rng, order));  // fail open: only the enabled ones
+    CHECK(as_set(order) == std::multiset<uint16_t>{1, 2});
+    f.at(1).disabled = 1;
+    f.at(2).disabled = 1;
+    upstreams::plan(f.pool(), client(0), T, rng, order);
+    CHECK(order.empty());
+    CHECK(upstreams::has_room(f.pool()));  // all disabled: clients are closed, not parked
+    CHECK(std::string(upstreams::state_name(f.at(1), T)) == "disabled");
+    f.at(1).active = 2;
+    CHECK(std::string(upstreams::state_name(f.at(1), T)) == "draining");
+}
+
+TEST_CASE("a run-time weight steers round-robin at once", "[upstreams][control]") {
+    Fixture f(rule("round-robin", {"127.0.0.1:1", "127.0.0.1:2"}));
+    REQUIRE(f.ok);
+    Rng rng;
+    CHECK(f.at(0).weight.load() == 1);
+    f.at(0).weight = 3;
+    std::map<size_t, int> counts;
+    for (int i = 0; i < 400; ++i) ++counts[first_choice(f, client(i), rng)];
+    CHECK(counts[0] == 300);
+    CHECK(counts[1] == 100);
+}
+
+TEST_CASE("max_conns: a full upstream is skipped, backups take over when every primary is full",
+          "[upstreams][max_conns]") {
+    Fixture f(rule("round-robin",
+                   {"{address: 127.0.0.1:1, max_conns: 2}", "{address: 127.0.0.1:2, max_conns: 1}",
+                    "{address: 127.0.0.1:3, backup: true, max_conns: 1}"}));
+    REQUIRE(f.ok);
+    REQUIRE(f.cfg.rules[0].to[0].max_conns == 2);
+    Rng rng;
+    CHECK(f.shared.take_place(0, f.at(0), 2));
+    CHECK(f.shared.take_place(0, f.at(0), 2));
+    CHECK_FALSE(f.shared.take_place(0, f.at(0), 2));  // a third would overshoot: nothing taken
+    CHECK(f.at(0).active.load() == 2);
+    for (int i = 0; i < 10; ++i) CHECK(first_choice(f, client(i), rng) == 1);
+    f.at(1).active = 1;
+    std::vector<uint16_t> order;
+    upstreams::plan(f.pool(), client(0), T, rng, order);
+    CHECK(order == std::vector<uint16_t>{2});
+    CHECK(upstreams::has_room(f.pool()));
+    f.at(2).active = 1;
+    upstreams::plan(f.pool(), client(0), T, rng, order);
+    CHECK(order.empty());
+    CHECK_FALSE(upstreams::has_room(f.pool()));  // the worker stops accepting: clients wait in the backlog
+    f.at(0).active = 1;
+    CHECK(upstreams::has_room(f.pool()));
+}
+
+TEST_CASE("retries: N cuts the failover list to 1 + N upstreams; the default tries them all",
+          "[upstreams][retries]") {
+    std::vector<std::string> five = {"127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3", "127.0.0.1:4", "127.0.0.1:5"};
+    Rng rng;
+    std::vector<uint16_t> order;
+    {
+        Fixture f(rule("random", five));
+        REQUIRE(f.ok);
+        CHECK(f.cfg.rules[0].policy.retries == -1);
+        upstreams::plan(f.pool(), client(0), T, rng, order);
+        CHECK(order.size() == 5);
+    }
+    for (int n : {0, 1, 3, 9}) {
+        Fixture f(rule("random", five, "  retries: " + std::to_string(n) + "\n"));
+        REQUIRE(f.ok);
+        upstreams::plan(f.pool(), client(0), T, rng, order);
+        CHECK(order.size() == std::min<size_t>(5, static_cast<size_t>(n) + 1));
+    }
+}
+
+TEST_CASE("a reload keeps disable and a run-time weight, unless the file changed that weight",
+          "[upstreams][control]") {
+    Fixture before(rule("random", {"127.0.0.1:1", "{address: 127.0.0.1:2, weight: 2}"}));
+    Fixture same(rule("random", {"127.0.0.1:1", "{address: 127.0.0.1:2, weight: 2}"}));
+    Fixture edited(rule("random", {"127.0.0.1:1", "{address: 127.0.0.1:2, weight: 4}"}));
+    REQUIRE((before.ok && same.ok && edited.ok));
+    before.at(0).disabled = 1;
+    before.at(1).weight = 7;
+    before.at(1).weight_changed = 1;
+    for (size_t u = 0; u < 2; ++u) {
+        upstreams::copy_runtime(before.at(u), before.cfg.rules[0].to[u], same.at(u), same.cfg.rules[0].to[u]);
+        upstreams::copy_runtime(before.at(u), before.cfg.rules[0].to[u], edited.at(u), edited.cfg.rules[0].to[u]);
+    }
+    CHECK(same.at(0).disabled.load() == 1);
+    CHECK(same.at(1).weight.load() == 7);
+    CHECK(edited.at(0).disabled.load() == 1);
+    CHECK(edited.at(1).weight.load() == 4);
 }
