@@ -6,6 +6,11 @@
 #   make test-embedded   BusyBox chroot, OpenWrt init, systemd unit, install, aarch64 under qemu
 #   make test-cross ARCH=aarch64|arm|mipsel     make test-busybox
 #   make install PREFIX=/usr DESTDIR=pkg
+#   make chaos           tests/chaos.py: checked streams through mixctl while workers, upstreams,
+#                        reloads, black holes and EMFILE strike at seeded random moments (~2.5 min;
+#                        CHAOS_ARGS="--seed N" replays a run, --seconds sets the chaos phase)
+#   make chaos-scale     tests/chaos.py --scale 10000: 10,000 concurrent checked connections
+#                        through -w 2, with the daemon's memory and CPU (~1 min)
 #   make bench           bench/run.py: mixctl against HAProxy, nginx stream and no proxy (~4 min)
 #   make bench-poll      bench/poll_scale.py: mixctl's poll() against HAProxy's epoll, CPU per
 #                        request with 10 to 10,000 idle connections (~2 min; BENCH_POLL_ARGS=-h)
@@ -122,6 +127,13 @@ test-install:
 test-systemd:
 	tests/systemd_unit.sh
 
+# Loopback only; every process it starts is stopped by pid.
+chaos: $(BIN)
+	MIXCTL=$(BIN) python3 tests/chaos.py $(CHAOS_ARGS)
+
+chaos-scale: $(BIN)
+	MIXCTL=$(BIN) python3 tests/chaos.py --scale $(or $(SCALE),10000)
+
 bench: mixctl
 	python3 bench/run.py $(BENCH_ARGS)
 
@@ -137,14 +149,15 @@ clean:
 
 FORCE:
 
-.PHONY: all static test install clean bench bench-poll bench-udp FORCE test-embedded test-cross test-busybox test-openwrt \
+.PHONY: all static test install clean bench bench-poll bench-udp chaos chaos-scale FORCE test-embedded test-cross test-busybox test-openwrt \
 	test-install test-systemd
 
 # ---- fuzzing, sanitizers, valgrind (issue 5: "Proof") ----------------------
-#   make fuzz [FUZZ_SECONDS=30]   libFuzzer over yaml_lite, config validation and the
-#                                 control socket's commands: each target runs FUZZ_SECONDS
-#                                 on a fresh copy of tests/fuzz/corpus-TARGET if there is
-#                                 one, else tests/fuzz/corpus, in build/fuzz (the tree is never
+#   make fuzz [FUZZ_SECONDS=30]   libFuzzer over every tests/fuzz_NAME.cpp (today yaml_lite,
+#                                 config validation and the control socket's commands):
+#                                 each target runs FUZZ_SECONDS on a fresh copy of
+#                                 tests/fuzz/corpus-TARGET if there is one, else
+#                                 tests/fuzz/corpus, in build/fuzz (the tree is never
 #                                 written); non-zero exit on any crash, leak, hang
 #                                 or UB. Crash inputs land in build/fuzz/artifacts.
 #   make sanitize                 mixctl and the tests with ASan+UBSan into build/sanitize
@@ -155,7 +168,9 @@ FORCE:
 FUZZ_CXX     ?= clang++
 FUZZ_SECONDS ?= 30
 FUZZ_DIR     := build/fuzz
-FUZZ_TARGETS := yaml config control
+# Every tests/fuzz_NAME.cpp is a target (fuzz_*_test.cpp are ordinary tests
+# replaying the regressions): a new parser of untrusted bytes adds its file.
+FUZZ_TARGETS := $(filter-out %_test,$(patsubst tests/fuzz_%.cpp,%,$(wildcard tests/fuzz_*.cpp)))
 FUZZ_FLAGS   := -std=c++17 -g -O1 -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined \
                 -fno-sanitize-recover=all $(DEFS) -I.
 
@@ -165,7 +180,7 @@ $(FUZZ_DIR)/fuzz_%: tests/fuzz_%.cpp $(HEADERS)
 
 fuzz-build: $(addprefix $(FUZZ_DIR)/fuzz_,$(FUZZ_TARGETS))
 
-# Every target always runs; the exit status says whether either failed.
+# Every target always runs; the exit status says whether any failed.
 fuzz: fuzz-build
 	@rc=0; for t in $(FUZZ_TARGETS); do \
 	    rm -rf $(FUZZ_DIR)/corpus-$$t; mkdir -p $(FUZZ_DIR)/corpus-$$t $(FUZZ_DIR)/artifacts; \

@@ -407,8 +407,6 @@ public:
             log_.print("error: pipe: %s", net::errno_text(errno).c_str());
             return 1;
         }
-        // Handlers go in before the first fork, so no signal is lost in between.
-        for (int number : {SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGCHLD}) signals::handle(number);
         for (size_t i = 0; i < current_->processes.size(); ++i) spawn(i);
         for (;;) {
             int rc = turn();
@@ -811,6 +809,11 @@ int main(int argc, char** argv) {
         return 1;
     }
     signals::ignore(SIGPIPE);
+    // From here on a signal is recorded, not fatal: a reload or a stop sent as
+    // soon as the Forwarding lines are out (by a script or a test waiting for
+    // them) used to kill the daemon, silently, in the moment between printing
+    // them and its first loop. The supervisor acts on it once it runs.
+    for (int number : {SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGCHLD}) signals::handle(number);
     raise_fd_limit(log);
     size_t workers = static_cast<size_t>(options.workers > 0 ? options.workers : online_cpus());
     std::unique_ptr<Generation> first = build_generation(options.file, workers, nullptr, log);

@@ -42,6 +42,9 @@ extern "C" inline void on_signal(int number) {
     errno = saved;
 }
 
+// Something arrived that a loop has not handled yet.
+inline bool pending() { return arrived.stop || arrived.reload || arrived.stats || arrived.child; }
+
 // Owns the self-pipe of one process. After fork(), a worker makes its own.
 class SelfPipe {
 public:
@@ -52,6 +55,12 @@ public:
         write_end_.reset(ends[1]);
         if (!net::set_nonblock_cloexec(ends[0]) || !net::set_nonblock_cloexec(ends[1])) return false;
         wake_fd = ends[1];
+        // A signal recorded before the pipe existed still wakes the loop.
+        if (pending()) {
+            char byte = 0;
+            ssize_t ignored = ::write(ends[1], &byte, 1);
+            (void)ignored;
+        }
         return true;
     }
 

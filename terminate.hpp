@@ -7,12 +7,17 @@
 // __gnu_cxx::__verbose_terminate_handler, prints the exception and aborts. That
 // handler demangles the type name, which links libstdc++'s whole C++
 // demangler (about 48 KB) into a static binary. Defining the handler here
-// keeps the linker from pulling libstdc++'s: it prints the same lines with
-// the type name as the compiler spells it (St9bad_alloc for std::bad_alloc)
-// and aborts, as before.
+// keeps the linker from pulling libstdc++'s: it prints the same first line,
+// with the type name as the compiler spells it (St9bad_alloc for
+// std::bad_alloc), and aborts, as before.
 //
-// It works without -fexceptions (the static build has none): the thrown
-// object is reached through std::current_exception, not through a catch.
+// It prints only what the C++ ABI (the Itanium ABI that GCC and Clang use
+// on Linux, BSD and macOS) hands out portably: the type of the exception
+// being handled, through abi::__cxa_current_exception_type(). The thrown
+// object itself, and so its what(), could only be reached through the
+// library's private layout of std::exception_ptr (or by rethrowing into a
+// catch, which the static build, without -fexceptions, cannot do); the type
+// name already says which exception it was (St9bad_alloc: out of memory).
 #pragma once
 
 #include <cstdlib>
@@ -24,16 +29,6 @@
 #include <unistd.h>
 
 namespace mixterm {
-
-// The exception being handled, as libstdc++'s std::exception_ptr holds it: a
-// pointer to the thrown object (its ABI: exception_ptr is one such pointer).
-inline void* current_object() {
-    static_assert(sizeof(std::exception_ptr) == sizeof(void*), "libstdc++'s exception_ptr");
-    std::exception_ptr held = std::current_exception();
-    void* object = nullptr;
-    std::memcpy(static_cast<void*>(&object), static_cast<const void*>(&held), sizeof object);
-    return object;  // the exception being handled keeps it alive after `held` goes
-}
 
 inline void say(const char* text) {
     size_t left = std::strlen(text);
@@ -49,7 +44,7 @@ inline void say(const char* text) {
 
 namespace __gnu_cxx {
 
-// Replaces libstdc++'s (declared in <exception>): same messages, on stderr.
+// Replaces libstdc++'s (declared in <exception>): its first line, on stderr.
 void __verbose_terminate_handler() {
     static bool entered = false;
     if (entered) {
@@ -65,14 +60,6 @@ void __verbose_terminate_handler() {
     mixterm::say("terminate called after throwing an instance of '");
     mixterm::say(type->name());
     mixterm::say("'\n");
-    // what(), when the object is a std::exception: the test a catch clause
-    // for const std::exception& makes.
-    void* object = mixterm::current_object();
-    if (object != nullptr && typeid(std::exception).__do_catch(type, &object, 1)) {
-        mixterm::say("  what():  ");
-        mixterm::say(static_cast<const std::exception*>(object)->what());
-        mixterm::say("\n");
-    }
     std::abort();
 }
 

@@ -190,16 +190,15 @@ check "without the hosts entry: nothing was bound (no Forwarding line)" \
 
 # ---- out of memory: the static build's terminate handler (terminate.hpp) ---------------
 # A 12 MiB rules file cannot be read within 8 MiB of address space: the
-# std::bad_alloc ends mixctl through std::terminate, which says what was
-# thrown and aborts, as libstdc++'s own handler does.
+# std::bad_alloc ends mixctl through std::terminate, which names the type
+# thrown (as the ABI spells it: all that can be read portably) and aborts.
 python3 -c 'import sys; sys.stdout.write("# filler\n" * (12 << 17))' >"$ROOT/etc/mixctl/huge.yaml"
 out=$(timeout 60 chroot "$ROOT" /bin/sh -c 'ulimit -c 0; ulimit -v 8192; exec mixctl -check -f /etc/mixctl/huge.yaml' 2>&1)
 status=$?
 rm -f "$ROOT/etc/mixctl/huge.yaml"
 check "out of memory: SIGABRT, status 134 (got $status)" test "$status" = 134
 check "out of memory: the terminate handler names the exception: '$(printf '%s' "$out" | tr '\n' '|')'" \
-    test "$out" = "terminate called after throwing an instance of 'St9bad_alloc'
-  what():  std::bad_alloc"
+    test "$out" = "terminate called after throwing an instance of 'St9bad_alloc'"
 
 echo "$T_NAME took $(($(date +%s) - start)) s"
 finish

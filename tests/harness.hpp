@@ -9,6 +9,7 @@
 #include <chrono>
 #include <csignal>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <functional>
@@ -39,13 +40,26 @@ using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
 using Ms = std::chrono::milliseconds;
 
+// Set by the Catch2 listener in tests/harness_test.cpp when an assertion of
+// the running test case fails; a Daemon that goes away then prints its log.
+inline std::atomic<bool>& test_failed() {
+    static std::atomic<bool> failed{false};
+    return failed;
+}
+
 inline std::string mixctl_path() {
     const char* env = getenv("MIXCTL");
     return env && *env ? env : "./mixctl";
 }
 
+// How long a wait for something that must happen may take by default: far
+// more than it needs on an idle machine, so a machine whose cores are busy
+// with other work (CI, other tests) only makes it slower, never failed.
+// Waits return as soon as the state holds, so passing tests do not pay it.
+constexpr Ms patience = 20000ms;
+
 // Polls `done` until it holds or `limit` passes.
-inline bool wait_until(const std::function<bool()>& done, Ms limit = 5000ms) {
+inline bool wait_until(const std::function<bool()>& done, Ms limit = patience) {
     Clock::time_point end = Clock::now() + limit;
     for (;;) {
         if (done()) return true;
@@ -547,8 +561,8 @@ inline std::string drain_fd(int fd) {
 }
 
 // In a forked child: becomes mixctl with `args`; exit 127 if it cannot.
-[[noreturn]] inline void exec_mixctl(const std::vector<std::string>& args) {
-    std::vector<std::string> all{mixctl_path()};
+[[noreturn]] inline void exec_program(const std::string& path, const std::vector<std::string>& args) {
+    std::vector<std::string> all{path};
     all.insert(all.end(), args.begin(), args.end());
     std::vector<char*> argv;
     for (std::string& a : all) argv.push_back(&a[0]);
@@ -557,7 +571,11 @@ inline std::string drain_fd(int fd) {
     _exit(127);
 }
 
-inline RunResult run(const std::vector<std::string>& args, Ms limit = 10000ms) {
+[[noreturn]] inline void exec_mixctl(const std::vector<std::string>& args) { exec_program(mixctl_path(), args); }
+
+// Runs `path` with `args` to its end (killed after `limit`), collecting
+// stdout, stderr and how it ended.
+inline RunResult run_program(const std::string& path, const std::vector<std::string>& args, Ms limit = 10000ms) {
     RunResult result;
     TempDir dir;
     std::string out_file = dir.path() + "/out", err_file = dir.path() + "/err";
@@ -567,7 +585,7 @@ inline RunResult run(const std::vector<std::string>& args, Ms limit = 10000ms) {
         int err = ::open(err_file.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
         dup2(out, 1);
         dup2(err, 2);
-        exec_mixctl(args);
+        exec_program(path, args);
     }
     int status = 0;
     bool done = wait_until([&] { return waitpid(pid, &status, WNOHANG) == pid; }, limit);
@@ -580,6 +598,18 @@ inline RunResult run(const std::vector<std::string>& args, Ms limit = 10000ms) {
     result.out = drain_fd(o.get());
     result.err = drain_fd(e.get());
     return result;
+}
+
+inline RunResult run(const std::vector<std::string>& args, Ms limit = 10000ms) {
+    return run_program(mixctl_path(), args, limit);
+}
+
+// This test binary again, e.g. with a hidden test's name.
+inline RunResult run_self(const std::vector<std::string>& args, Ms limit = 30000ms) {
+    char self[4096];
+    ssize_t n = ::readlink("/proc/self/exe", self, sizeof self - 1);
+    if (n <= 0) return RunResult{};
+    return run_program(std::string(self, static_cast<size_t>(n)), args, limit);
 }
 
 // Raises this process's soft descriptor limit to its hard limit; returns the
@@ -701,6 +731,18 @@ public:
             waitpid(pid_, &status, 0);
         }
         if (reader_.joinable()) reader_.join();
+        if (test_failed()) {
+            // The last 64 KiB: a verbose soak logs megabytes.
+            std::string text = log();
+            size_t size = text.size(), keep = 64 * 1024;
+            if (size > keep) {
+                size_t cut = text.find('\n', size - keep);
+                text = "[...]" + text.substr(cut == std::string::npos ? size - keep : cut);
+            }
+            fprintf(stderr, "---- the failed test's mixctl (pid %d, %s) logged %zu bytes:\n%s%s---- end of log\n",
+                    static_cast<int>(pid_), file_.c_str(), size, text.c_str(),
+                    text.empty() || text.back() == '\n' ? "" : "\n");
+        }
     }
 
     pid_t pid() const { return pid_; }
@@ -719,13 +761,13 @@ public:
         return n;
     }
 
-    bool wait_log(const std::string& needle, Ms limit = 5000ms, size_t times = 1) const {
+    bool wait_log(const std::string& needle, Ms limit = patience, size_t times = 1) const {
         return wait_until([&] { return count(needle) >= times; }, limit);
     }
 
     // Waits for the "Forwarding (name) from: ADDR to:" line and returns the
     // port actually bound (rules may ask for port 0). 0 if it never came.
-    uint16_t port(const std::string& rule_name, Ms limit = 5000ms) const {
+    uint16_t port(const std::string& rule_name, Ms limit = patience) const {
         std::string needle = "Forwarding (" + rule_name + ") from: ";
         if (!wait_log(needle, limit)) return 0;
         std::string text = log();
@@ -736,7 +778,7 @@ public:
     }
 
     // Waits until `n` workers run; returns them.
-    std::vector<pid_t> workers(size_t n, Ms limit = 5000ms) const {
+    std::vector<pid_t> workers(size_t n, Ms limit = patience) const {
         std::vector<pid_t> found;
         wait_until([&] { return (found = children(pid_)).size() == n; }, limit);
         return found;
@@ -744,10 +786,15 @@ public:
 
     void signal(int number) const { kill(pid_, number); }
 
+    // Once the daemon has exited, its last lines may still be in the pipe:
+    // wait (bounded) for the reader to reach the end, so log() has them all.
     Exit wait_exit(Ms limit = 10000ms) {
         if (exit_.exited()) return exit_;
         int status = 0;
-        if (wait_until([&] { return waitpid(pid_, &status, WNOHANG) == pid_; }, limit)) exit_ = decode(status);
+        if (wait_until([&] { return waitpid(pid_, &status, WNOHANG) == pid_; }, limit)) {
+            exit_ = decode(status);
+            wait_until([&] { return log_done_.load(); }, 5000ms);
+        }
         return exit_;
     }
 
@@ -757,7 +804,10 @@ private:
         for (;;) {
             ssize_t n = ::read(log_fd_.get(), buf, sizeof buf);
             if (n < 0 && errno == EINTR) continue;
-            if (n <= 0) return;
+            if (n <= 0) {
+                log_done_ = true;
+                return;
+            }
             std::lock_guard<std::mutex> lock(mutex_);
             log_.append(buf, static_cast<size_t>(n));
         }
@@ -771,6 +821,7 @@ private:
     std::thread reader_;
     mutable std::mutex mutex_;
     std::string log_;
+    std::atomic<bool> log_done_{false};
 };
 
 // The daemon's parent is still running.

@@ -187,3 +187,78 @@ TEST_CASE("what was learned about an upstream survives a reload", "[reload]") {
         return d.wait_log("stats rule=r upstream=" + a.address() + " state=up active=0 total=4 ", 300ms);
     }, 5000ms));
 }
+
+TEST_CASE("a SIGHUP sent the moment the Forwarding lines appear reloads the daemon instead of killing it",
+          "[reload]") {
+    // A script (or a test) that waits for the Forwarding lines and then
+    // reloads used to kill the daemon now and then: the lines were printed
+    // before the handlers were in. Made deterministic here: the daemon's
+    // stderr is a pipe this test fills first, so the daemon blocks in its
+    // first log write. While it is blocked there, SIGHUP must already be
+    // caught, and a SIGHUP sent then must end in a reload.
+    Server a(banner("A"));
+    uint16_t port = free_port();
+    TempDir dir;
+    std::string file = dir.write("rules.yaml", config_for(port, a.address()));
+    int ends[2];
+    REQUIRE(::pipe2(ends, O_CLOEXEC) == 0);
+    net::Fd read_end(ends[0]), write_end(ends[1]);
+    fcntl(write_end.get(), F_SETPIPE_SZ, 4096);
+    fcntl(write_end.get(), F_SETFL, O_NONBLOCK);
+    const std::string filler(4096, '#');
+    while (::write(write_end.get(), filler.data(), filler.size()) > 0) {
+    }
+    fcntl(write_end.get(), F_SETFL, 0);  // the daemon's writes must block, not fail
+    pid_t pid = fork();
+    if (pid == 0) {
+        setpgid(0, 0);
+        dup2(write_end.get(), 1);
+        dup2(write_end.get(), 2);
+        exec_mixctl({"-f", file, "-w", "1", "-v=false"});
+    }
+    REQUIRE(pid > 0);
+    setpgid(pid, pid);
+    write_end.reset();
+    auto syscall_now = [&] {
+        net::Fd f(::open(("/proc/" + std::to_string(pid) + "/syscall").c_str(), O_RDONLY | O_CLOEXEC));
+        return f ? drain_fd(f.get()) : std::string();
+    };
+    // Blocked in write(2) on stdout or stderr: its first log line.
+    bool blocked = wait_until([&] {
+        std::string now = syscall_now();
+        return starts_with(now, "1 0x1 ") || starts_with(now, "1 0x2 ");
+    });
+    std::string status;
+    {
+        net::Fd f(::open(("/proc/" + std::to_string(pid) + "/status").c_str(), O_RDONLY | O_CLOEXEC));
+        status = f ? drain_fd(f.get()) : "";
+    }
+    size_t at = status.find("SigCgt:");
+    unsigned long long caught = at == std::string::npos ? 0 : std::stoull(status.substr(at + 7), nullptr, 16);
+    kill(pid, SIGHUP);
+    std::string log;
+    int exit_status = 0;
+    bool exited = false;
+    bool settled = wait_until([&] {
+        char buf[4096];
+        pollfd p{read_end.get(), POLLIN, 0};
+        while (::poll(&p, 1, 0) > 0) {
+            ssize_t n = ::read(read_end.get(), buf, sizeof buf);
+            if (n <= 0) break;
+            log.append(buf, static_cast<size_t>(n));
+        }
+        if (!exited && waitpid(pid, &exit_status, WNOHANG) == pid) exited = true;
+        return exited || log.find("reloaded " + file) != std::string::npos;
+    });
+    if (!exited) {
+        kill(-pid, SIGKILL);
+        kill(pid, SIGKILL);
+        waitpid(pid, &exit_status, 0);
+    }
+    INFO("daemon log:\n" << log.substr(log.find_first_not_of('#') == std::string::npos ? log.size() : log.find_first_not_of('#')));
+    CHECK(blocked);
+    CHECK((caught & (1ull << (SIGHUP - 1))) != 0);
+    CHECK(settled);
+    CHECK(log.find("reloaded " + file) != std::string::npos);
+    CHECK_FALSE(exited);
+}
