@@ -5,6 +5,8 @@
 #   make test            unit and integration tests (Catch2)
 #   make test-embedded   BusyBox chroot, OpenWrt init, systemd unit, install, aarch64 under qemu
 #   make test-cross ARCH=aarch64|arm|mipsel     make test-busybox
+#   make test-ha         two mixctl + keepalived (VRRP) nodes in network namespaces: failover
+#                        after kill -9, SIGSTOP and link loss, reloads (root; ~1 min)
 #   make install PREFIX=/usr DESTDIR=pkg
 #   make chaos           tests/chaos.py: checked streams through mixctl while workers, upstreams,
 #                        reloads, black holes and EMFILE strike at seeded random moments (~2.5 min;
@@ -134,6 +136,9 @@ chaos: $(BIN)
 chaos-scale: $(BIN)
 	MIXCTL=$(BIN) python3 tests/chaos.py --scale $(or $(SCALE),10000)
 
+test-ha: $(BIN)
+	MIXCTL=$(BIN) tests/ha.sh
+
 bench: mixctl
 	python3 bench/run.py $(BENCH_ARGS)
 
@@ -150,11 +155,12 @@ clean:
 FORCE:
 
 .PHONY: all static test install clean bench bench-poll bench-udp chaos chaos-scale FORCE test-embedded test-cross test-busybox test-openwrt \
-	test-install test-systemd
+	test-install test-systemd test-ha
 
 # ---- fuzzing, sanitizers, valgrind (issue 5: "Proof") ----------------------
 #   make fuzz [FUZZ_SECONDS=30]   libFuzzer over every tests/fuzz_NAME.cpp (today yaml_lite,
-#                                 config validation and the control socket's commands):
+#                                 config validation, the control socket's commands, the TLS
+#                                 ClientHello reader and the PROXY header reader):
 #                                 each target runs FUZZ_SECONDS on a fresh copy of
 #                                 tests/fuzz/corpus-TARGET if there is one, else
 #                                 tests/fuzz/corpus, in build/fuzz (the tree is never

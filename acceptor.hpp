@@ -1,5 +1,5 @@
-// acceptor.hpp - taking clients off the shared listeners: when to listen, admission, fairness, shortages.
-// Owns the listeners' place in the wait set and the accept calls; not what happens to a client after.
+// acceptor.hpp - taking clients off the shared listeners: when to listen, admission (allow/deny, per-client limits,
+// trusted PROXY senders), fairness, shortages. Owns the listeners' wait-set place and accepts; not what comes after.
 //
 // A listener is watched while this worker may accept (balance.hpp), is not
 // out of descriptors, and its rule is under max_conns; otherwise its clients
@@ -145,7 +145,7 @@ public:
     }
 
     void release_rule_slot(size_t rule) {
-        shared_.add_active(static_cast<size_t>(worker_), *shared_.pool(rule).state, -1);
+        shared_.add_active(static_cast<size_t>(worker_), *shared_.rule_pool(rule).state, -1);
     }
 
 private:
@@ -192,17 +192,23 @@ private:
             }
             accepted = true;
             board_.slot(worker_).accepted.fetch_add(1);
-            if (!admitted(rule, peer, index, now)) {
+            // Behind accept_proxy the client is who the header says: allow,
+            // deny and the per-client limit wait for it (the worker asks).
+            const bool proxied = shared_.rule_pool(rule).rule->policy.accept_proxy;
+            bool ok = proxied ? trusted_sender(rule, peer, index, now) : admitted(rule, peer, index, now);
+            size_t client_slot = SIZE_MAX;
+            if (ok && !proxied) ok = take_client_slot(rule, peer, index, now, client_slot);
+            if (!ok) {
                 release_rule_slot(rule);
                 continue;  // closed as `client` goes out of scope
             }
-            start(std::move(client), peer, index);
+            start(std::move(client), peer, index, client_slot);
         }
         return accepted;
     }
 
     bool rule_full(size_t rule) const {
-        const upstreams::Pool& pool = shared_.pool(rule);
+        const upstreams::Pool& pool = shared_.rule_pool(rule);
         int max = pool.rule->policy.max_conns;
         return (max > 0 && pool.state->active.load(std::memory_order_relaxed) >= static_cast<uint32_t>(max)) ||
                !upstreams::has_room(pool);  // every enabled upstream at its own max_conns: wait in the backlog
@@ -211,7 +217,7 @@ private:
     // Takes a place under the rule's max_conns before accepting, so the
     // limit holds across workers without ever accepting and dropping.
     bool reserve_rule_slot(size_t rule) {
-        const upstreams::Pool& pool = shared_.pool(rule);
+        const upstreams::Pool& pool = shared_.rule_pool(rule);
         if (!upstreams::has_room(pool)) return false;  // every upstream at its own max_conns: wait too
         int max = pool.rule->policy.max_conns;
         shared_.add_active(static_cast<size_t>(worker_), *pool.state, 1);
@@ -222,20 +228,61 @@ private:
         return true;
     }
 
-    // allow:/deny: checked right after accept. Deny wins; a non-empty allow
-    // list admits only what it names.
+public:
+    // allow:/deny: checked right after accept (behind accept_proxy, once the
+    // header has named the client). Deny wins; a non-empty allow list admits
+    // only what it names.
     bool admitted(size_t rule, const net::SockAddr& peer, size_t listener, Clock::time_point now) {
-        const config::Policy& policy = shared_.pool(rule).rule->policy;
+        const config::Policy& policy = shared_.rule_pool(rule).rule->policy;
         if (policy.allow.empty() && policy.deny.empty()) return true;
         bool ok = policy.allow.empty();
         for (const net::Cidr& c : policy.allow) ok = ok || net::cidr_contains(c, peer);
         for (const net::Cidr& c : policy.deny) ok = ok && !net::cidr_contains(c, peer);
         if (ok) return true;
-        shared_.pool(rule).state->denied.fetch_add(1);
+        shared_.rule_pool(rule).state->denied.fetch_add(1);
         std::string more;
-        if (throttle_.allow("denied " + shared_.pool(rule).rule->name, now, more))
+        if (throttle_.allow("denied " + shared_.rule_pool(rule).rule->name, now, more))
             log_.print("denied %s on %s (%s)%s", peer.text().c_str(), listeners_[listener].address.c_str(),
-                       shared_.pool(rule).rule->name.c_str(), more.c_str());
+                       shared_.rule_pool(rule).rule->name.c_str(), more.c_str());
+        return false;
+    }
+
+    // max_conns_per_client, across workers (upstreams::ClientTable). On
+    // success `slot` is what release_client_slot() wants back (SIZE_MAX: no
+    // limit, or uncounted).
+    bool take_client_slot(size_t rule, const net::SockAddr& client, size_t listener, Clock::time_point now,
+                          size_t& slot) {
+        const upstreams::Pool& pool = shared_.rule_pool(rule);
+        int limit = pool.rule->policy.max_conns_per_client;
+        if (limit <= 0) return true;
+        auto took = shared_.clients().take(static_cast<size_t>(worker_), upstreams::ClientTable::key(rule, client),
+                                           limit, slot);
+        if (took != upstreams::ClientTable::Take::over_limit) return true;
+        pool.state->over_client_limit.fetch_add(1);
+        std::string more;
+        if (throttle_.allow("per-client " + pool.rule->name, now, more))
+            log_.print("refused %s on %s (%s): max_conns_per_client %d reached%s", client.text().c_str(),
+                       listeners_[listener].address.c_str(), pool.rule->name.c_str(), limit, more.c_str());
+        return false;
+    }
+
+    void release_client_slot(size_t slot) {
+        if (slot != SIZE_MAX) shared_.clients().release(static_cast<size_t>(worker_), slot);
+    }
+
+private:
+    // proxy_trusted: who may send a PROXY header. Anyone else is closed at
+    // once, before a byte is read (its header could claim any address).
+    bool trusted_sender(size_t rule, const net::SockAddr& peer, size_t listener, Clock::time_point now) {
+        const upstreams::Pool& pool = shared_.rule_pool(rule);
+        if (pool.rule->policy.proxy_trusted.empty()) return true;
+        for (const net::Cidr& c : pool.rule->policy.proxy_trusted)
+            if (net::cidr_contains(c, peer)) return true;
+        pool.state->bad_preread.fetch_add(1);
+        std::string more;
+        if (throttle_.allow("untrusted " + pool.rule->name, now, more))
+            log_.print("closed %s on %s (%s): not in proxy_trusted%s", peer.text().c_str(),
+                       listeners_[listener].address.c_str(), pool.rule->name.c_str(), more.c_str());
         return false;
     }
 

@@ -38,7 +38,8 @@ inline bool is_name(const std::string& host) {
 
 inline bool needed(const config::Config& cfg) {
     if (!cfg.control.empty()) return true;
-    for (const config::Rule& rule : cfg.rules) {
+    for (const config::Rule* pool : config::pools(cfg)) {
+        const config::Rule& rule = *pool;
         if (rule.policy.health.enabled) return true;
         for (const config::Upstream& up : rule.to)
             if (is_name(up.where.host)) return true;
@@ -82,7 +83,7 @@ public:
         : shared_(shared), log_(log), parent_fd_(parent_fd), metrics_(metrics_fd, shared),
           control_(control_fd, shared, log) {
         Clock::time_point now = Clock::now();
-        for (size_t r = 0; r < shared.rules(); ++r) {
+        for (size_t r = 0; r < shared.pools(); ++r) {
             const config::Rule& rule = *shared.pool(r).rule;
             for (size_t u = 0; u < rule.to.size(); ++u) {
                 Watch w;

@@ -85,7 +85,19 @@ struct Policy {
     int max_sessions = udp_default_max_sessions;  // UDP: per rule and worker
     std::string source;                   // local address for upstream sockets; empty: the kernel's choice
     int source_line = 0;
+    // Listener settings (a route can not have its own: they act before one is chosen).
+    int max_conns_per_client = 0;  // per client address, across all workers; 0: no limit
+    bool accept_proxy = false;     // every connection starts with a PROXY v1/v2 header
+    std::vector<net::Cidr> proxy_trusted;  // who may send one; empty: anyone
+    // How long a client has to send its PROXY header and TLS ClientHello.
+    Duration preread_timeout = std::chrono::seconds(5);
 };
+
+// Keys that belong to the listener, not to a route's pool.
+inline bool listener_key(const std::string& key) {
+    return key == "allow" || key == "deny" || key == "max_conns" || key == "max_conns_per_client" ||
+           key == "accept_proxy" || key == "proxy_trusted" || key == "preread_timeout" || key == "protocol";
+}
 
 struct Upstream {
     std::string text;     // as written, for logs
@@ -102,8 +114,21 @@ struct Upstream {
     int source_line = 0;
 };
 
+struct Rule;
+
+// `*.example.com` matches one label in front of example.com, as a
+// certificate wildcard does; anything else matches itself. Lowercase.
+struct SniName {
+    std::string name;
+    bool wildcard = false;  // name holds ".example.com" then
+    int line = 0;
+};
+
 struct Rule {
     std::string name;     // defaults to the `from` text
+    std::string route;    // a route's own pool: its name (a rule's default pool: empty)
+    std::vector<SniName> sni;    // a route's names
+    std::vector<Rule> routes;    // SNI routes, tried before the default pool (`to`)
     std::string from_text;
     net::HostPort from;   // a range starts at from.port
     uint16_t from_last = 0;  // last port of the range (== from.port for one port)
@@ -115,7 +140,24 @@ struct Rule {
     int source_line_of(size_t u) const { return to[u].source.empty() ? policy.source_line : to[u].source_line; }
     std::vector<Upstream> to;
     Policy policy;
+    // Reads the first bytes of a connection before dialing.
+    bool prereads() const { return policy.accept_proxy || !routes.empty(); }
 };
+
+// The route for a TLS server name (lowercase), or -1 for the default pool.
+// An exact name wins over a wildcard (names are unique across routes).
+inline int match_route(const Rule& rule, const std::string& name) {
+    if (name.empty()) return -1;
+    for (size_t r = 0; r < rule.routes.size(); ++r)
+        for (const SniName& n : rule.routes[r].sni)
+            if (!n.wildcard && n.name == name) return static_cast<int>(r);
+    size_t dot = name.find('.');
+    if (dot == std::string::npos || dot == 0) return -1;
+    for (size_t r = 0; r < rule.routes.size(); ++r)
+        for (const SniName& n : rule.routes[r].sni)
+            if (n.wildcard && name.compare(dot, std::string::npos, n.name) == 0) return static_cast<int>(r);
+    return -1;
+}
 
 struct Config {
     std::vector<Rule> rules;
@@ -127,6 +169,17 @@ struct Config {
     std::string control;
     int control_line = 0;
 };
+
+// Every pool, in the order the shared state lays them out: each rule's own
+// (its `to`, the default pool), then its routes'.
+inline std::vector<const Rule*> pools(const Config& cfg) {
+    std::vector<const Rule*> out;
+    for (const Rule& rule : cfg.rules) {
+        out.push_back(&rule);
+        for (const Rule& route : rule.routes) out.push_back(&route);
+    }
+    return out;
+}
 
 struct Diagnostics {
     std::vector<std::string> errors;    // "file:line: message"
@@ -253,23 +306,33 @@ private:
         const yaml_lite::Node* from = nullptr;
         const yaml_lite::Node* to = nullptr;
         std::vector<SetKey> own;  // policy keys written on this rule
+        const yaml_lite::Node* routes = nullptr;
+        int routes_line = 0;
         for (const yaml_lite::Entry& entry : node.entries) {
             if (entry.key == "name") name = &entry.value;
             else if (entry.key == "from") from = &entry.value;
             else if (entry.key == "to") to = &entry.value;
-            else if (policy_key(entry, rule.policy)) own.push_back({entry.key, entry.line});
+            else if (entry.key == "routes") {
+                routes = &entry.value;
+                routes_line = entry.line;
+            } else if (policy_key(entry, rule.policy)) own.push_back({entry.key, entry.line});
             else warn(entry.line, "unknown key \"" + entry.key + "\" ignored");
         }
         fit_protocol(rule.policy, own);
         if (!from) error(node.line, "rule: missing \"from:\"");
         else parse_from(*from, rule);
-        if (!to) error(node.line, "rule: missing \"to:\"");
-        else parse_to(*to, rule);
+        // With routes, `to` is optional: without it a connection that
+        // matches no route is closed.
+        if (!to && !routes) error(node.line, "rule: missing \"to:\"");
+        else if (to) parse_to(*to, rule);
         if (name) {
             if (name->kind == yaml_lite::Kind::Scalar) rule.name = name->scalar;
             else if (name->kind != yaml_lite::Kind::Null) error(name->line, "name: must be a string");
         }
         if (rule.name.empty()) rule.name = rule.from_text;
+        if (routes && rule.policy.protocol == Protocol::udp)
+            error(routes_line, "routes: means nothing for a udp rule (SNI routes are chosen by a TCP ClientHello)");
+        else if (routes) parse_routes(*routes, rule);  // after the name: a route's pool carries it
         return diag_.errors.size() == errors_before;
     }
 
@@ -282,8 +345,11 @@ private:
     // the other protocol they are an error on their own line; inherited from
     // `defaults:` they are left out for that rule.
     static bool fits(const std::string& key, Protocol protocol) {
-        static const std::vector<std::string> tcp_only = {"connect_timeout", "halfclose_timeout", "proxy_protocol",
-                                                          "max_conns", "health_check"};
+        // max_conns_per_client is counted per TCP connection only: UDP
+        // sessions do not take places in the client table (yet).
+        static const std::vector<std::string> tcp_only = {
+            "connect_timeout", "halfclose_timeout", "proxy_protocol", "max_conns",      "health_check",
+            "retries",         "accept_proxy",      "proxy_trusted",  "preread_timeout", "max_conns_per_client"};
         static const std::vector<std::string> udp_only = {"responses", "max_sessions"};
         const std::vector<std::string>& other = protocol == Protocol::udp ? tcp_only : udp_only;
         return std::find(other.begin(), other.end(), key) == other.end();
@@ -323,6 +389,121 @@ private:
         else if (key == "health_check") policy.health = fresh.health;
         else if (key == "responses") policy.responses = fresh.responses;
         else if (key == "max_sessions") policy.max_sessions = fresh.max_sessions;
+        else if (key == "retries") policy.retries = fresh.retries;
+        else if (key == "accept_proxy") policy.accept_proxy = fresh.accept_proxy;
+        else if (key == "proxy_trusted") policy.proxy_trusted = fresh.proxy_trusted;
+        else if (key == "preread_timeout") policy.preread_timeout = fresh.preread_timeout;
+        else if (key == "max_conns_per_client") policy.max_conns_per_client = fresh.max_conns_per_client;
+    }
+
+    // routes: [{sni: [names], to: [...], name: label, <pool settings>}]
+    void parse_routes(const yaml_lite::Node& node, Rule& rule) {
+        if (node.kind != yaml_lite::Kind::Sequence || node.items.empty()) {
+            error(node.line, "routes: must be a non-empty list like [{sni: [app.example.com], to: [127.0.0.1:8443]}]");
+            return;
+        }
+        for (const yaml_lite::Node& item : node.items) {
+            if (item.kind != yaml_lite::Kind::Mapping) {
+                error(item.line, "routes: each route must be a mapping with sni: and to:");
+                continue;
+            }
+            Rule route;
+            route.line = item.line;
+            route.name = rule.name;
+            route.policy = rule.policy;
+            // A route's ports follow its rule's listener: a ranged upstream
+            // (`to: [h]`, `to: [h:50000-50009]`) means the same in a route.
+            route.from = rule.from;
+            route.from_last = rule.from_last;
+            route.from_line = rule.from_line;
+            route.from_text = rule.from_text;
+            const yaml_lite::Node *sni = nullptr, *to = nullptr, *name = nullptr;
+            for (const yaml_lite::Entry& entry : item.entries) {
+                if (entry.key == "sni") sni = &entry.value;
+                else if (entry.key == "to") to = &entry.value;
+                else if (entry.key == "name") name = &entry.value;
+                else if (listener_key(entry.key))
+                    error(entry.line, entry.key + ": is a setting of the rule (its listener), not of a route");
+                else if (!policy_key(entry, route.policy)) warn(entry.line, "unknown key \"" + entry.key + "\" ignored");
+                else if (!fits(entry.key, Protocol::tcp))
+                    error(entry.line, entry.key + ": means nothing for a tcp rule (only for protocol: udp)");
+            }
+            if (!sni) error(item.line, "route: missing \"sni:\"");
+            else parse_sni(*sni, rule, route);
+            if (!to) error(item.line, "route: missing \"to:\"");
+            else parse_to(*to, route);
+            if (name && name->kind == yaml_lite::Kind::Scalar && !name->scalar.empty()) route.route = name->scalar;
+            else if (name) error(name->line, "name: must be a string");
+            else if (!route.sni.empty()) route.route = (route.sni[0].wildcard ? "*" : "") + route.sni[0].name;
+            for (const Rule& other : rule.routes)
+                if (!route.route.empty() && other.route == route.route)
+                    error(name ? name->line : item.line, "route: name \"" + route.route +
+                                                               "\" is already used by the route at line " +
+                                                               std::to_string(other.line));
+            rule.routes.push_back(std::move(route));
+        }
+    }
+
+    void parse_sni(const yaml_lite::Node& node, const Rule& rule, Rule& route) {
+        std::vector<const yaml_lite::Node*> items;
+        if (node.kind == yaml_lite::Kind::Scalar) items.push_back(&node);
+        else if (node.kind == yaml_lite::Kind::Sequence)
+            for (const yaml_lite::Node& item : node.items) items.push_back(&item);
+        if (items.empty()) {
+            error(node.line, "sni: must be a non-empty list of names like [app.example.com, \"*.example.org\"]");
+            return;
+        }
+        for (const yaml_lite::Node* item : items) {
+            SniName n;
+            n.line = item->line;
+            std::string why;
+            if (item->kind != yaml_lite::Kind::Scalar || !parse_sni_name(item->scalar, n, why)) {
+                error(item->line, "sni: \"" + item->scalar + "\": " + why);
+                continue;
+            }
+            auto same = [&](const SniName& o) { return o.wildcard == n.wildcard && o.name == n.name; };
+            bool duplicate = false;
+            for (const Rule& other : rule.routes)
+                for (const SniName& o : other.sni)
+                    if (!duplicate && same(o)) {
+                        error(item->line, "sni: \"" + item->scalar + "\" is already routed by the route at line " +
+                                              std::to_string(other.line));
+                        duplicate = true;
+                    }
+            for (const SniName& o : route.sni)
+                if (!duplicate && same(o)) {
+                    error(item->line, "sni: \"" + item->scalar + "\" is listed twice");
+                    duplicate = true;
+                }
+            if (!duplicate) route.sni.push_back(n);
+        }
+    }
+
+    // A DNS name (letters, digits, '-', '_', dots between labels), or "*."
+    // followed by one. Stored lowercase.
+    static bool parse_sni_name(const std::string& text, SniName& out, std::string& why) {
+        std::string name = lowercase(text);
+        out.wildcard = name.compare(0, 2, "*.") == 0;
+        if (out.wildcard) name.erase(0, 1);  // keep the dot: ".example.com"
+        const size_t first = out.wildcard ? 1 : 0;
+        if (name.size() <= first || name.size() > 253) {
+            why = "want a host name like app.example.com or *.example.com";
+            return false;
+        }
+        for (size_t i = first; i < name.size(); ++i) {
+            char c = name[i];
+            if (c == '*') {
+                why = "a wildcard must be the whole first label, like *.example.com";
+                return false;
+            }
+            bool ok = (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '_' || c == '.';
+            if (!ok || (c == '.' && (i == first || name[i - 1] == '.' || i + 1 == name.size()))) {
+                why = "not a host name (letters, digits, '-', '_', and dots between labels)";
+                return false;
+            }
+        }
+        out.name = name;
+        return true;
     }
 
     void parse_from(const yaml_lite::Node& node, Rule& rule) {
@@ -478,6 +659,10 @@ private:
         else if (key == "responses") read_int(entry, 0, 1000000000, policy.responses);
         else if (key == "max_sessions") read_int(entry, 1, 10000000, policy.max_sessions);
         else if (key == "source") read_source(entry, policy.source, policy.source_line);
+        else if (key == "max_conns_per_client") read_int(entry, 0, 65535, policy.max_conns_per_client);
+        else if (key == "accept_proxy") read_bool(entry, policy.accept_proxy);
+        else if (key == "proxy_trusted") read_cidrs(entry, policy.proxy_trusted);
+        else if (key == "preread_timeout") read_duration(entry, false, policy.preread_timeout);
         else return false;
         return true;
     }

@@ -159,7 +159,7 @@ inline const char* help_text() {
 inline std::string show(const upstreams::Shared& shared, int64_t now_ms) {
     std::string out = "ok\n";
     char line[256];
-    for (size_t r = 0; r < shared.rules(); ++r) {
+    for (size_t r = 0; r < shared.pools(); ++r) {  // every rule's pool and its SNI routes'
         const upstreams::Pool& pool = shared.pool(r);
         for (size_t u = 0; u < pool.size(); ++u) {
             const upstreams::UpstreamState& s = pool.at(u);
@@ -182,8 +182,15 @@ inline std::string execute(const Command& cmd, const upstreams::Shared& shared, 
     if (cmd.verb == Verb::show) return show(shared, now_ms);
     if (cmd.verb == Verb::help) return help_text();
     const upstreams::Pool* pool = nullptr;
-    for (size_t r = 0; r < shared.rules() && !pool; ++r)
-        if (shared.pool(r).rule->name == cmd.rule) pool = &shared.pool(r);
+    // The rule's own pool, or the SNI route of that rule that has the upstream.
+    for (size_t r = 0; r < shared.pools(); ++r) {
+        const upstreams::Pool& p = shared.pool(r);
+        if (p.rule->name != cmd.rule) continue;
+        bool has = false;
+        for (size_t u = 0; u < p.size(); ++u) has = has || p.rule->to[u].text == cmd.upstream;
+        if (!pool || has) pool = &p;
+        if (has) break;
+    }
     if (!pool) return "error: unknown rule \"" + cmd.rule + "\"\n";
     std::string answer;
     for (size_t u = 0; u < pool->size(); ++u) {

@@ -50,7 +50,8 @@ struct Dial {
     }
 };
 
-// Per rule, per upstream: the address upstream sockets bind to (length 0: none).
+// Per pool (config::pools order: a rule's own, then its routes'), per upstream:
+// the address upstream sockets bind to (length 0: none).
 using Sources = std::vector<std::vector<net::SockAddr>>;
 
 enum class Outcome {
@@ -70,18 +71,19 @@ public:
                         static_cast<uint64_t>(Clock::now().time_since_epoch().count());
     }
 
-    // Fills d.order for a client of `rule`.
-    void plan(size_t rule, const net::SockAddr& peer, Clock::time_point now, Dial& d) {
-        const upstreams::Pool& pool = shared_.pool(rule);
+    // `pool_index` names a pool in upstreams::Shared: a rule's own or one of
+    // its SNI routes'. Fills d.order for a client of that pool.
+    void plan(size_t pool_index, const net::SockAddr& peer, Clock::time_point now, Dial& d) {
+        const upstreams::Pool& pool = shared_.pool(pool_index);
         auto random = [this] { return next_random(); };
         if (!upstreams::plan(pool, peer, to_ms(now), random, d.order)) warn_fail_open(pool);
     }
 
     // Tries the current (upstream, address) and on to the next ones until a
     // connect is under way or has succeeded; with none left, gives up.
-    Outcome next(size_t rule, Dial& d, net::Fd& upstream, const net::SockAddr& client, Clock::time_point now,
+    Outcome next(size_t pool_index, Dial& d, net::Fd& upstream, const net::SockAddr& client, Clock::time_point now,
                  int& error) {
-        const upstreams::Pool& pool = shared_.pool(rule);
+        const upstreams::Pool& pool = shared_.pool(pool_index);
         while (d.step < d.order.size()) {
             d.target = d.order[d.step];
             if (!d.holds_place) {
@@ -92,8 +94,8 @@ public:
                 }
             }
             if (!upstreams::address_at(pool.at(d.target), d.address, d.dialed)) {
-                upstream_failed(rule, d, now);
-                release(rule, d);
+                upstream_failed(pool_index, d, now);
+                release(pool_index, d);
                 ++d.step;
                 d.address = 0;
                 continue;
@@ -101,7 +103,7 @@ public:
             ++d.address;
             ++d.attempts;
             if (pool.rule->to[d.target].ranged) d.dialed.set_port(static_cast<uint16_t>(d.dialed.port() + d.offset));
-            int rc = net::dial_start(d.dialed, upstream, source_of(rule, d.target));
+            int rc = net::dial_start(d.dialed, upstream, source_of(pool_index, d.target));
             if (rc == 0) return Outcome::connected;
             if (rc == EINPROGRESS) return Outcome::connecting;
             if (out_of_resources(rc)) {
@@ -113,7 +115,7 @@ public:
                 error = rc;
                 return Outcome::no_fds;
             }
-            log_error(rule, d, net::errno_text(rc), now);
+            log_error(pool_index, d, net::errno_text(rc), now);
             // No free local port is our shortage, not the upstream's fault.
             if (rc != EADDRNOTAVAIL) d.only_local_errors = false;
         }
@@ -128,37 +130,37 @@ public:
 
     // The connect under way failed (refused, reset, timed out): the caller
     // closes the socket and calls next() again.
-    void failed(size_t rule, Dial& d, const std::string& why, Clock::time_point now) {
-        log_error(rule, d, why, now);
+    void failed(size_t pool_index, Dial& d, const std::string& why, Clock::time_point now) {
+        log_error(pool_index, d, why, now);
         d.only_local_errors = false;
     }
 
     // The connection is done with its target (closed, or given up): its
     // place in the target's active count (taken when the dial began) goes.
-    void release(size_t rule, Dial& d) const {
-        if (d.holds_place) shared_.add_active(worker_, shared_.pool(rule).at(d.target), -1);
+    void release(size_t pool_index, Dial& d) const {
+        if (d.holds_place) shared_.add_active(worker_, shared_.pool(pool_index).at(d.target), -1);
         d.holds_place = false;
     }
 
     // The connect succeeded: the upstream is healthy.
-    void succeeded(size_t rule, const Dial& d) { upstreams::record_success(shared_.pool(rule).at(d.target)); }
+    void succeeded(size_t pool_index, const Dial& d) { upstreams::record_success(shared_.pool(pool_index).at(d.target)); }
 
     // A rule's connect_timeout, or -t.
-    Clock::duration timeout(size_t rule) const {
-        const flags::Duration per_rule = shared_.pool(rule).rule->policy.connect_timeout;
+    Clock::duration timeout(size_t pool_index) const {
+        const flags::Duration per_rule = shared_.pool(pool_index).rule->policy.connect_timeout;
         if (per_rule.count() > 0) return std::chrono::duration_cast<Clock::duration>(per_rule);
         return default_timeout_;
     }
 
     // A ranged upstream is shown as dialed ("127.0.0.1:30007"), not as written.
-    std::string target_text(size_t rule, const Dial& d) const {
-        const config::Upstream& up = shared_.pool(rule).rule->to[d.target];
+    std::string target_text(size_t pool_index, const Dial& d) const {
+        const config::Upstream& up = shared_.pool(pool_index).rule->to[d.target];
         return up.ranged ? d.dialed.text() : up.text;
     }
 
-    const net::SockAddr* source_of(size_t rule, size_t target) const {
-        if (!sources_) return nullptr;
-        const net::SockAddr& s = (*sources_)[rule][target];
+    const net::SockAddr* source_of(size_t pool_index, size_t target) const {
+        if (!sources_ || pool_index >= sources_->size() || target >= (*sources_)[pool_index].size()) return nullptr;
+        const net::SockAddr& s = (*sources_)[pool_index][target];
         return s.length ? &s : nullptr;
     }
 
@@ -167,10 +169,10 @@ public:
     }
 
 private:
-    void log_error(size_t rule, Dial& d, const std::string& why, Clock::time_point now) {
+    void log_error(size_t pool_index, Dial& d, const std::string& why, Clock::time_point now) {
         d.last_error = why;
         std::string address = d.dialed.text();
-        const std::string text = target_text(rule, d);
+        const std::string text = target_text(pool_index, d);
         std::string more;
         if (!throttle_.allow("dial " + text, now, more)) return;
         if (address == text)
@@ -180,17 +182,17 @@ private:
     }
 
     // Every address of one upstream failed: that counts against its health.
-    void upstream_failed(size_t rule, Dial& d, Clock::time_point now) {
+    void upstream_failed(size_t pool_index, Dial& d, Clock::time_point now) {
         bool ours = d.only_local_errors;
         d.only_local_errors = true;  // for the next upstream
         if (d.address == 0 || ours) return;  // nothing dialed, or only our own shortage
-        const upstreams::Pool& pool = shared_.pool(rule);
+        const upstreams::Pool& pool = shared_.pool(pool_index);
         upstreams::UpstreamState& state = pool.at(d.target);
         const config::Policy& policy = pool.rule->policy;
         state.resolve_wanted.store(1, std::memory_order_relaxed);
         if (upstreams::record_failure(state, policy, to_ms(now)))
             log_.print("upstream %s of (%s) is DOWN: %s (passive: %d failed connects within %s)",
-                       target_text(rule, d).c_str(), pool.rule->name.c_str(), d.last_error.c_str(),
+                       target_text(pool_index, d).c_str(), pool.rule->name.c_str(), d.last_error.c_str(),
                        policy.max_fails, flags::format_duration(policy.fail_timeout).c_str());
     }
 

@@ -373,8 +373,10 @@ struct FlagSpec {
 inline const std::vector<FlagSpec>& flag_specs() {
     static const std::vector<FlagSpec> specs = [] {
         std::vector<FlagSpec> v = {
-            {"f", Kind::String, "rules file"},
-            {"t", Kind::Duration, "upstream dial timeout; 0 means no deadline"},
+            {"f", Kind::String,
+             "rules file (YAML: rules of from/to; also routes (SNI), accept_proxy,\n"
+             "max_conns_per_client ...: see README.md or mixctl(8))"},
+            {"t", Kind::Duration, "upstream dial timeout (with -probe: the whole probe's); 0 means no deadline"},
             {"v", Kind::Bool, "verbose: log every connection"},
             {"w", Kind::Int, "worker processes (default: number of online CPUs)"},
             {"check", Kind::Bool, "validate the config file, print \"configuration OK\" and exit"},
@@ -384,6 +386,9 @@ inline const std::vector<FlagSpec>& flag_specs() {
              "on SIGTERM/SIGINT, time live connections get to finish"},
             {"syslog", Kind::Bool, "log to syslog(3) (facility daemon, ident mixctl) instead of stderr"},
             {"u", Kind::String, "after binding, run workers as USER[:GROUP] (the parent keeps its rights for reloads)"},
+            {"probe", Kind::String,
+             "send one request through the listener of RULE (a rule name or listen address in -f) and exit:\n"
+             "0 when an upstream replies within -t, 1 otherwise, with one line why (for keepalived's vrrp_script)"},
             {"ctl", Kind::String,
              "send a command (show, disable, enable, weight) to the control socket of -f's file, print the answer and exit"},
         };
@@ -543,6 +548,7 @@ struct Options {
     Duration grace = std::chrono::seconds(10);  // -grace
     bool syslog = false;                // -syslog
     std::string user;                   // -u USER[:GROUP]; empty: stay who we are
+    std::string probe;                  // -probe RULE; empty: run the daemon
     bool has_ctl = false;               // -ctl given
     std::string ctl;                    // -ctl COMMAND
     std::vector<std::string> args;      // positional arguments left after parsing stops
@@ -579,6 +585,14 @@ inline bool set_value(const FlagSpec& spec, std::string_view value, Options& opt
     }
     if (name == "u") {
         options.user = std::string(value);
+        return true;
+    }
+    if (name == "probe") {
+        if (value.empty()) {
+            why = "want a rule name or a listen address";
+            return false;
+        }
+        options.probe = std::string(value);
         return true;
     }
     if (name == "ctl") {
@@ -635,7 +649,7 @@ inline void set_bool(std::string_view name, bool value, Options& options) {
 inline std::string default_text(const FlagSpec& spec, const Options& defaults) {
     const std::string_view name = spec.name;
     if (name == "f") return defaults.file.empty() ? std::string() : go_quote(defaults.file);
-    if (name == "u" || name == "ctl") return std::string();
+    if (name == "u" || name == "probe" || name == "ctl") return std::string();
     if (name == "t" || name == "grace") {
         Duration d = name == "t" ? defaults.dial_timeout : defaults.grace;
         return d.count() == 0 ? std::string() : format_duration(d);

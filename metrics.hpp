@@ -61,11 +61,13 @@ inline std::string render(const upstreams::Shared& shared, int64_t now_ms) {
     for (size_t f = 0; f < sizeof families / sizeof families[0]; ++f) {
         out += std::string("# HELP ") + families[f].name + " " + families[f].help + "\n";
         out += std::string("# TYPE ") + families[f].name + " " + families[f].type + "\n";
-        for (size_t r = 0; r < shared.rules(); ++r) {
+        for (size_t r = 0; r < shared.pools(); ++r) {
             const upstreams::Pool& pool = shared.pool(r);
+            // A route's upstreams carry its name too (a rule's own pool has no route label).
+            std::string route = pool.rule->route.empty() ? "" : "\",route=\"" + label(pool.rule->route);
             for (size_t u = 0; u < pool.size(); ++u) {
                 const upstreams::UpstreamState& s = pool.at(u);
-                std::string labels = "{rule=\"" + label(pool.rule->name) + "\",upstream=\"" +
+                std::string labels = "{rule=\"" + label(pool.rule->name) + route + "\",upstream=\"" +
                                      label(pool.rule->to[u].text) + "\"";
                 if (f == 9) {  // one series per state, so a query can sum or alert on any of them
                     std::string now = upstreams::state_name(s, now_ms);
@@ -93,6 +95,23 @@ inline std::string render(const upstreams::Shared& shared, int64_t now_ms) {
             }
         }
     }
+    // Connections a rule's listener closed before dialing, by reason.
+    out += "# HELP mixctl_rule_refused_total Connections closed before dialing, by reason.\n"
+           "# TYPE mixctl_rule_refused_total counter\n";
+    for (size_t r = 0; r < shared.rules(); ++r) {
+        const upstreams::Pool& pool = shared.rule_pool(r);
+        const std::pair<const char*, unsigned long long> reasons[] = {
+            {"deny", pool.state->denied.load()},
+            {"max_conns_per_client", pool.state->over_client_limit.load()},
+            {"preread", pool.state->bad_preread.load()},
+            {"no_route", pool.state->unrouted.load()},
+        };
+        for (const auto& reason : reasons) {
+            snprintf(value, sizeof value, "%llu", reason.second);
+            out += "mixctl_rule_refused_total{rule=\"" + label(pool.rule->name) + "\",reason=\"" + reason.first + "\"} " +
+                   value + "\n";
+        }
+    }
     // Per UDP rule: what its bounded session table and full buffers cost.
     static const Family rule_families[] = {
         {"mixctl_rule_sessions_evicted_total", "counter", "UDP sessions ended to make room under max_sessions."},
@@ -102,7 +121,7 @@ inline std::string render(const upstreams::Shared& shared, int64_t now_ms) {
     for (size_t f = 0; f < sizeof rule_families / sizeof rule_families[0]; ++f) {
         bool any = false;
         for (size_t r = 0; r < shared.rules(); ++r) {
-            const upstreams::Pool& pool = shared.pool(r);
+            const upstreams::Pool& pool = shared.rule_pool(r);
             if (pool.rule->policy.protocol != config::Protocol::udp) continue;
             if (!any) {
                 out += std::string("# HELP ") + rule_families[f].name + " " + rule_families[f].help + "\n";

@@ -29,6 +29,7 @@
 #include "log.hpp"
 #include "net.hpp"
 #include "privileges.hpp"
+#include "probe.hpp"
 #include "signals.hpp"
 #include "poller.hpp"
 #include "udp_relay.hpp"
@@ -51,20 +52,9 @@ using Clock = std::chrono::steady_clock;
 struct Plan {
     std::vector<net::SockAddr> metrics;                             // where GET /metrics listens
     std::vector<std::vector<net::SockAddr>> binds;                  // per rule: addresses to listen on (first port)
-    std::vector<std::vector<std::vector<net::SockAddr>>> upstreams;  // per rule, per upstream
-    dialer::Sources sources;                                         // per rule, per upstream (length 0: none)
+    std::vector<std::vector<std::vector<net::SockAddr>>> upstreams;  // per pool (config::pools), per upstream
+    dialer::Sources sources;                                         // per pool, per upstream (length 0: none)
 };
-
-// ":port" resolves to both wildcards; the IPv6 one, dual-stack, takes IPv4
-// too, and binding 0.0.0.0 after it fails with "address already in use".
-std::vector<net::SockAddr> listen_addresses(const std::vector<net::SockAddr>& resolved) {
-    bool v6_any = false;
-    for (const net::SockAddr& a : resolved) v6_any = v6_any || (a.family() == AF_INET6 && udp_relay::is_wildcard(a));
-    std::vector<net::SockAddr> out;
-    for (const net::SockAddr& a : resolved)
-        if (!(v6_any && a.family() == AF_INET && udp_relay::is_wildcard(a))) out.push_back(a);
-    return out;
-}
 
 // A source address must be one of ours: checked when the file is read, so
 // -check, the start and a reload all refuse it (a reload keeps the old rules).
@@ -97,16 +87,19 @@ bool resolve_all(const config::Config& cfg, const std::string& file, Plan& plan,
         std::vector<net::SockAddr> binds;
         std::string why;
         if (!net::resolve(rule.from, true, binds, why)) diag.errors.push_back(at(rule.from_line) + "from: " + why);
+        plan.binds.push_back(std::move(binds));
+    }
+    for (const config::Rule* pool : config::pools(cfg)) {
         std::vector<std::vector<net::SockAddr>> targets;
         std::vector<net::SockAddr> sources;
-        for (size_t u = 0; u < rule.to.size(); ++u) {
-            const config::Upstream& up = rule.to[u];
+        for (size_t u = 0; u < pool->to.size(); ++u) {
+            const config::Upstream& up = pool->to[u];
             targets.emplace_back();
             sources.emplace_back();
+            std::string why;
             if (!net::resolve(up.where, false, targets.back(), why)) diag.errors.push_back(at(up.line) + "to: " + why);
-            else check_source(rule.source_of(u), targets.back(), at(rule.source_line_of(u)), sources.back(), diag);
+            else check_source(pool->source_of(u), targets.back(), at(pool->source_line_of(u)), sources.back(), diag);
         }
-        plan.binds.push_back(std::move(binds));
         plan.upstreams.push_back(std::move(targets));
         plan.sources.push_back(std::move(sources));
     }
@@ -138,6 +131,13 @@ void log_forwarding(const config::Config& cfg, const std::vector<worker::Listene
         const char* udp = rule.policy.protocol == config::Protocol::udp ? " protocol=udp" : "";
         log.print("Forwarding (%s) from: %s%s to: [%s]%s", rule.name.c_str(), l.address.c_str(), last.c_str(),
                   to.c_str(), udp);
+        for (const config::Rule& route : rule.routes) {
+            std::string names, targets;
+            for (const config::SniName& n : route.sni) names += (names.empty() ? "" : " ") + std::string(n.wildcard ? "*" : "") + n.name;
+            for (const config::Upstream& up : route.to) targets += (targets.empty() ? "" : " ") + up.text;
+            log.print("Forwarding (%s) from: %s%s sni: [%s] to: [%s]", rule.name.c_str(), l.address.c_str(), last.c_str(),
+                      names.c_str(), targets.c_str());
+        }
     }
 }
 
@@ -153,7 +153,7 @@ void report_sockets(const config::Config& cfg, const Plan& plan, size_t workers,
         bool udp = rule.policy.protocol == config::Protocol::udp;
         special = special || udp || rule.ports() > 1;
         size_t per_port = udp ? static_cast<size_t>(udp_relay::sockets_per_port(workers)) : 1;
-        listening += listen_addresses(plan.binds[r]).size() * rule.ports() * per_port;
+        listening += plan.binds[r].size() * rule.ports() * per_port;
         if (udp) sessions += static_cast<size_t>(rule.policy.max_sessions);
     }
     listening += cfg.has_metrics;
@@ -261,7 +261,7 @@ bool bind_all(Generation& gen, const Generation* previous, const mixlog::Logger&
     const int backlog = net::listen_backlog();
     for (size_t r = 0; r < gen.cfg.rules.size(); ++r) {
         const config::Rule& rule = gen.cfg.rules[r];
-        for (const net::SockAddr& first : listen_addresses(gen.plan.binds[r])) {
+        for (const net::SockAddr& first : gen.plan.binds[r]) {
             for (size_t offset = 0; offset < rule.ports(); ++offset) {
                 net::SockAddr addr = first;
                 if (offset) addr.set_port(static_cast<uint16_t>(first.port() + offset));
@@ -321,17 +321,21 @@ void remove_control(const Generation& gone, const Generation* next) {
     if (gone.control && (!next || next->cfg.control != gone.cfg.control)) ::unlink(gone.cfg.control.c_str());
 }
 
-// Counters and health of upstreams that are still there survive a reload.
+// Counters and health of upstreams that are still there survive a reload
+// (a pool is the same when its rule and route names are).
 void carry_state(Generation& gen, const Generation& previous) {
-    for (size_t r = 0; r < gen.cfg.rules.size(); ++r) {
-        const config::Rule& rule = gen.cfg.rules[r];
-        for (size_t pr = 0; pr < previous.cfg.rules.size(); ++pr) {
-            const config::Rule& old_rule = previous.cfg.rules[pr];
-            if (old_rule.name != rule.name) continue;
+    for (size_t r = 0; r < gen.shared.pools(); ++r) {
+        const config::Rule& rule = *gen.shared.pool(r).rule;
+        for (size_t pr = 0; pr < previous.shared.pools(); ++pr) {
+            const config::Rule& old_rule = *previous.shared.pool(pr).rule;
+            if (old_rule.name != rule.name || old_rule.route != rule.route) continue;
             const upstreams::Pool& now = gen.shared.pool(r);
             const upstreams::Pool& before = previous.shared.pool(pr);
             now.state->cursor.store(before.state->cursor.load());
             now.state->denied.store(before.state->denied.load());
+            now.state->over_client_limit.store(before.state->over_client_limit.load());
+            now.state->bad_preread.store(before.state->bad_preread.load());
+            now.state->unrouted.store(before.state->unrouted.load());
             for (size_t u = 0; u < rule.to.size(); ++u)
                 for (size_t pu = 0; pu < old_rule.to.size(); ++pu)
                     if (old_rule.to[pu].text == rule.to[u].text) {
@@ -353,6 +357,13 @@ std::string fingerprint(const config::Rule& rule) {
                       std::to_string(p.health.rise) + "|" + std::to_string(p.health.fall);
     for (const config::Upstream& up : rule.to)
         out += "|" + up.text + "*" + std::to_string(up.weight) + (up.backup ? "b" : "");
+    out += "|" + std::to_string(p.accept_proxy) + std::to_string(p.max_conns_per_client) + "|" +
+           std::to_string(p.preread_timeout.count()) + "|" + std::to_string(p.proxy_trusted.size());
+    for (const config::Rule& route : rule.routes) {
+        out += "|route " + route.route;
+        for (const config::SniName& n : route.sni) out += " " + n.name + (n.wildcard ? "*" : "");
+        out += " " + fingerprint(route);
+    }
     return out;
 }
 
@@ -686,29 +697,39 @@ private:
     void log_stats() {
         const Generation& gen = *current_;
         int64_t now_ms = worker::to_ms(Clock::now());
-        for (size_t r = 0; r < gen.shared.rules(); ++r) {
+        for (size_t r = 0; r < gen.shared.pools(); ++r) {
             const upstreams::Pool& pool = gen.shared.pool(r);
             // UDP rules: active and total count sessions; the extra fields
-            // are UDP's own.
+            // are UDP's own, at the end of the line.
             const bool udp = pool.rule->policy.protocol == config::Protocol::udp;
             char extra[160] = "";
-            if (udp)
+            if (udp && pool.rule->route.empty())
                 snprintf(extra, sizeof extra, " evicted=%llu dropped=%llu lost=%llu protocol=udp",
                          static_cast<unsigned long long>(pool.state->evicted.load()),
                          static_cast<unsigned long long>(pool.state->dropped.load()),
                          static_cast<unsigned long long>(pool.state->lost.load()));
-            log_.print("stats clients rule=%s active=%u denied=%llu%s", pool.rule->name.c_str(),
-                       pool.state->active.load(), static_cast<unsigned long long>(pool.state->denied.load()), extra);
+            if (pool.rule->route.empty())
+                log_.print("stats clients rule=%s active=%u denied=%llu over_client_limit=%llu bad_preread=%llu "
+                           "unrouted=%llu%s",
+                           pool.rule->name.c_str(), pool.state->active.load(),
+                           static_cast<unsigned long long>(pool.state->denied.load()),
+                           static_cast<unsigned long long>(pool.state->over_client_limit.load()),
+                           static_cast<unsigned long long>(pool.state->bad_preread.load()),
+                           static_cast<unsigned long long>(pool.state->unrouted.load()), extra);
+            // A route's upstreams: "route=NAME" after the rule.
+            std::string route = pool.rule->route.empty() ? "" : " route=" + pool.rule->route;
             for (size_t u = 0; u < pool.size(); ++u) {
                 const upstreams::UpstreamState& s = pool.at(u);
+                extra[0] = 0;
                 if (udp)
                     snprintf(extra, sizeof extra, " datagrams_in=%llu datagrams_out=%llu",
                              static_cast<unsigned long long>(s.datagrams_in.load()),
                              static_cast<unsigned long long>(s.datagrams_out.load()));
-                log_.print("stats rule=%s upstream=%s state=%s active=%u total=%llu failed=%llu bytes_in=%llu "
+                log_.print("stats rule=%s%s upstream=%s state=%s active=%u total=%llu failed=%llu bytes_in=%llu "
                            "bytes_out=%llu resets_by_client=%llu resets_by_upstream=%llu weight=%u%s",
-                           pool.rule->name.c_str(), pool.rule->to[u].text.c_str(), upstreams::state_name(s, now_ms),
-                           s.active.load(), static_cast<unsigned long long>(s.total.load()),
+                           pool.rule->name.c_str(), route.c_str(), pool.rule->to[u].text.c_str(),
+                           upstreams::state_name(s, now_ms), s.active.load(),
+                           static_cast<unsigned long long>(s.total.load()),
                            static_cast<unsigned long long>(s.failed.load()),
                            static_cast<unsigned long long>(s.bytes_in.load()),
                            static_cast<unsigned long long>(s.bytes_out.load()),
@@ -779,6 +800,7 @@ int main(int argc, char** argv) {
         printf("mixctl %s\n", MIXCTL_VERSION);
         return 0;
     }
+    if (!options.probe.empty()) return probe::main(options.probe, options.file, options.dial_timeout);
     mixlog::Logger log(options.verbose, options.syslog);
     if (!options.args.empty())
         log.print("warning: ignoring arguments after the flags: %s (bool flags take a value only as -v=false)",

@@ -212,8 +212,15 @@ inline bool resolve(const HostPort& where, bool passive, std::vector<SockAddr>& 
     }
     freeaddrinfo(list);
     if (passive && where.host.empty()) {
-        // Prefer the IPv6 wildcard: with V6ONLY off it also takes IPv4.
-        std::stable_partition(out.begin(), out.end(), [](const SockAddr& a) { return a.family() == AF_INET6; });
+        // One socket, as Go's ":port": the IPv6 wildcard with V6ONLY off
+        // takes IPv4 too, and an IPv4 wildcard beside it on the same port
+        // would fail with EADDRINUSE. Only where no IPv6 socket can be made
+        // is the IPv4 wildcard the one.
+        bool has_v6 = std::any_of(out.begin(), out.end(), [](const SockAddr& a) { return a.family() == AF_INET6; });
+        int keep = has_v6 && Fd(::socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0)).valid() ? AF_INET6 : AF_INET;
+        out.erase(std::remove_if(out.begin(), out.end(), [&](const SockAddr& a) { return a.family() != keep; }),
+                  out.end());
+        if (out.size() > 1) out.resize(1);
     }
     if (out.empty()) {
         error = "lookup " + where.host + ": no IPv4 or IPv6 address";

@@ -22,6 +22,7 @@
 // says whose socket it came from (fault_at_source()).
 #pragma once
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdint>
 #include <cstring>
@@ -177,14 +178,16 @@ public:
         return pass_on_eof(destination);
     }
 
-    // Bytes of our own that must go first (a PROXY header), ahead of anything
-    // relayed. Not counted as relayed bytes (a part that has to be parked,
-    // which a fresh socket's empty send buffer makes all but impossible, is).
-    int send_first(int destination, const std::string& data, BufferPool& pool) {
+    // Bytes that must go first, ahead of anything relayed: a PROXY header of
+    // our own (not counted as relayed bytes), then the last `client_part`
+    // bytes, read from the client before dialing (counted). At most
+    // buffer_size bytes: what does not fit the socket is parked.
+    int send_first(int destination, const std::string& data, BufferPool& pool, size_t client_part = 0) {
         size_t sent = 0;
         const uint64_t relayed = bytes_;
         int err = send_all(destination, data.data(), data.size(), sent);
-        bytes_ = relayed;
+        const size_t unsent = data.size() - sent;  // parked: counted when flush() sends it
+        bytes_ = relayed + client_part - std::min(client_part, unsent);
         if (err) return at_destination(err);
         if (sent < data.size()) park(data.data() + sent, data.size() - sent, pool);
         return 0;

@@ -198,7 +198,7 @@ public:
             bool truncated = false;
             ssize_t size = receive(sock, client, local, truncated);
             if (size < 0) return;
-            const upstreams::Pool& pool = shared_.pool(sock.rule);
+            const upstreams::Pool& pool = shared_.rule_pool(sock.rule);
             if (truncated) {
                 pool.state->dropped.fetch_add(1);
                 continue;
@@ -284,10 +284,10 @@ private:
         size_t count = 0;
     };
 
-    const upstreams::Pool& pool_of(const Session& s) const { return shared_.pool(sockets_[s.socket].rule); }
+    const upstreams::Pool& pool_of(const Session& s) const { return shared_.rule_pool(sockets_[s.socket].rule); }
 
     Clock::duration idle_of(size_t rule) const {
-        auto idle = std::chrono::duration_cast<Clock::duration>(shared_.pool(rule).rule->policy.idle_timeout);
+        auto idle = std::chrono::duration_cast<Clock::duration>(shared_.rule_pool(rule).rule->policy.idle_timeout);
         return stopping_ ? std::min<Clock::duration>(idle, drain_idle) : idle;
     }
 
@@ -430,7 +430,7 @@ private:
     uint32_t open(uint32_t index, const Key& key, const net::SockAddr& client, const Local& local,
                   Clock::time_point now) {
         const Socket& sock = sockets_[index];
-        const upstreams::Pool& pool = shared_.pool(sock.rule);
+        const upstreams::Pool& pool = shared_.rule_pool(sock.rule);
         const config::Rule& rule = *pool.rule;
         if (!admitted(rule.policy, client)) {
             pool.state->denied.fetch_add(1);
@@ -501,9 +501,10 @@ private:
         return Session::none;
     }
 
+    // sources_ is per pool (config::pools order); a UDP rule has only its own.
     const net::SockAddr* source_of(size_t rule, size_t target) const {
         if (!sources_) return nullptr;
-        const net::SockAddr& s = (*sources_)[rule][target];
+        const net::SockAddr& s = (*sources_)[shared_.rule_pool_index(rule)][target];
         return s.length ? &s : nullptr;
     }
 

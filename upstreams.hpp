@@ -61,6 +61,8 @@ struct UpstreamState {
     net::SockAddr addresses[max_addresses];
 };
 
+// One per pool. The refusal counters and `active` are kept on a rule's
+// default pool only: they are the listener's.
 struct RuleState {
     shared64::U64 cursor;             // round-robin, shared by all workers
     std::atomic<uint32_t> active{0};  // connections of this rule, all workers (max_conns)
@@ -68,17 +70,88 @@ struct RuleState {
     shared64::U64 evicted;            // UDP sessions ended to make room (max_sessions)
     shared64::U64 dropped;            // UDP datagrams not relayed (no socket, full buffers, too big)
     shared64::U64 lost;               // UDP sessions of a worker that died without ending them
+    shared64::U64 over_client_limit;  // refused by max_conns_per_client
+    shared64::U64 bad_preread;        // no valid PROXY header, or a bad / late ClientHello: closed
+    shared64::U64 unrouted;           // no route and no default pool: closed
     uint32_t column = 0;              // in the per-worker rows
 };
 
-// One rule's view for choosing: static facts from the config plus pointers
-// into the shared state.
+// One pool's view for choosing (a rule's `to`, or one of its routes):
+// static facts from the config plus pointers into the shared state.
 struct Pool {
-    const config::Rule* rule = nullptr;
+    const config::Rule* rule = nullptr;  // for a route, the route (its name is the rule's)
     RuleState* state = nullptr;
     UpstreamState* first = nullptr;  // rule->to.size() consecutive entries
     UpstreamState& at(size_t i) const { return first[i]; }
     size_t size() const { return rule->to.size(); }
+};
+
+// Concurrent connections per (rule, client address), across workers: for
+// max_conns_per_client. A fixed open-addressed table in the shared memory;
+// each slot is one 64-bit word, a 48-bit key hash and a 16-bit count,
+// changed only by compare-and-swap, so a check and its increment are one
+// step (the limit holds under races). A slot whose count is 0 is free for
+// any key. Each worker also keeps its own count per slot, so the parent
+// can take back what a dead worker held (as with `active`). When the probe
+// window is full (over ~10,000 distinct clients at once) the client is
+// admitted uncounted: the table bounds memory, never availability.
+struct ClientTable {
+    std::atomic<uint64_t>* slots = nullptr;
+    std::atomic<uint16_t>* rows = nullptr;  // [worker][slot]
+    size_t size = 0, workers = 0;
+    static constexpr size_t probes = 32;
+    static constexpr uint64_t count_mask = 0xFFFF;
+
+    static uint64_t key(size_t rule, const net::SockAddr& client);
+
+    enum class Take { ok, over_limit, uncounted };
+
+    // On ok, `slot` is what release() wants back.
+    Take take(size_t worker, uint64_t key, int limit, size_t& slot) const {
+        if (size == 0) return Take::uncounted;
+        const uint64_t tag = key << 16;
+        for (int round = 0; round < 64; ++round) {
+            size_t free_at = SIZE_MAX;
+            uint64_t free_word = 0;
+            for (size_t i = 0; i < probes; ++i) {
+                size_t at = (key + i) % size;
+                uint64_t word = slots[at].load(std::memory_order_acquire);
+                if ((word & ~count_mask) == tag && (word & count_mask) != 0) {
+                    if ((word & count_mask) >= static_cast<uint64_t>(limit)) return Take::over_limit;
+                    if (!slots[at].compare_exchange_weak(word, word + 1)) goto again;
+                    return took(worker, at, slot);
+                }
+                if ((word & count_mask) == 0 && free_at == SIZE_MAX) {
+                    free_at = at;
+                    free_word = word;
+                }
+            }
+            if (free_at == SIZE_MAX) return Take::uncounted;
+            if (slots[free_at].compare_exchange_strong(free_word, tag | 1)) return took(worker, free_at, slot);
+        again:;
+        }
+        return Take::uncounted;  // lost 64 races in a row: do not spin
+    }
+
+    void release(size_t worker, size_t slot) const {
+        slots[slot].fetch_sub(1, std::memory_order_acq_rel);
+        rows[(worker < workers ? worker : 0) * size + slot].fetch_sub(1, std::memory_order_relaxed);
+    }
+
+    void forget_worker(size_t worker) const {
+        if (worker >= workers) return;
+        for (size_t i = 0; i < size; ++i) {
+            uint16_t held = rows[worker * size + i].exchange(0);
+            if (held) slots[i].fetch_sub(held, std::memory_order_acq_rel);
+        }
+    }
+
+private:
+    Take took(size_t worker, size_t at, size_t& slot) const {
+        rows[(worker < workers ? worker : 0) * size + at].fetch_add(1, std::memory_order_relaxed);
+        slot = at;
+        return Take::ok;
+    }
 };
 
 class Shared {
@@ -88,37 +161,50 @@ public:
     Shared& operator=(const Shared&) = delete;
     ~Shared() { unmap(); }
 
-    // resolved[r][u]: the addresses found at start for rule r, upstream u.
+    // resolved[p][u]: the addresses found at start for pool p (in the order
+    // of config::pools), upstream u.
     bool map(const config::Config& cfg, const std::vector<std::vector<std::vector<net::SockAddr>>>& resolved,
              size_t workers = 1) {
         unmap();
+        const std::vector<const config::Rule*> all = config::pools(cfg);
         size_t upstream_count = 0;
-        for (const config::Rule& r : cfg.rules) upstream_count += r.to.size();
-        columns_ = upstream_count + cfg.rules.size();
+        for (const config::Rule* r : all) upstream_count += r->to.size();
+        columns_ = upstream_count + all.size();
         workers_ = workers;
-        size_t state_bytes = sizeof(RuleState) * cfg.rules.size() + sizeof(UpstreamState) * upstream_count;
+        clients_.size = 0;
+        for (const config::Rule& r : cfg.rules)
+            if (r.policy.max_conns_per_client > 0) clients_.size = client_table_size;
+        size_t state_bytes = sizeof(RuleState) * all.size() + sizeof(UpstreamState) * upstream_count;
         state_bytes = (state_bytes + 63) / 64 * 64;
-        bytes_ = state_bytes + sizeof(std::atomic<int32_t>) * columns_ * workers_;
+        size_t rows_bytes = (sizeof(std::atomic<int32_t>) * columns_ * workers_ + 63) / 64 * 64;
+        size_t table_bytes = sizeof(std::atomic<uint64_t>) * clients_.size;
+        bytes_ = state_bytes + rows_bytes + table_bytes + sizeof(std::atomic<uint16_t>) * clients_.size * workers_;
         void* memory = mmap(nullptr, bytes_, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
         if (memory == MAP_FAILED) return false;
         memory_ = memory;
         auto* rules = static_cast<RuleState*>(memory);
-        auto* ups = reinterpret_cast<UpstreamState*>(rules + cfg.rules.size());
+        auto* ups = reinterpret_cast<UpstreamState*>(rules + all.size());
         rows_ = reinterpret_cast<std::atomic<int32_t>*>(static_cast<char*>(memory) + state_bytes);
         for (size_t i = 0; i < columns_ * workers_; ++i) new (&rows_[i]) std::atomic<int32_t>(0);
+        clients_.slots = reinterpret_cast<std::atomic<uint64_t>*>(static_cast<char*>(memory) + state_bytes + rows_bytes);
+        clients_.rows = reinterpret_cast<std::atomic<uint16_t>*>(clients_.slots + clients_.size);
+        for (size_t i = 0; i < clients_.size; ++i) new (&clients_.slots[i]) std::atomic<uint64_t>(0);
+        for (size_t i = 0; i < clients_.size * workers_; ++i) new (&clients_.rows[i]) std::atomic<uint16_t>(0);
+        clients_.workers = workers_;
         size_t next = 0;
-        for (size_t r = 0; r < cfg.rules.size(); ++r) {
+        for (size_t p = 0; p < all.size(); ++p) {
             Pool pool;
-            pool.rule = &cfg.rules[r];
-            pool.state = new (&rules[r]) RuleState();
-            pool.state->column = static_cast<uint32_t>(upstream_count + r);
+            pool.rule = all[p];
+            pool.state = new (&rules[p]) RuleState();
+            pool.state->column = static_cast<uint32_t>(upstream_count + p);
             pool.first = &ups[next];
-            for (size_t u = 0; u < cfg.rules[r].to.size(); ++u) {
+            for (size_t u = 0; u < all[p]->to.size(); ++u) {
                 UpstreamState* s = new (&ups[next]) UpstreamState();
                 s->column = static_cast<uint32_t>(next++);
-                s->weight.store(static_cast<uint32_t>(cfg.rules[r].to[u].weight), std::memory_order_relaxed);
-                set_addresses(*s, resolved[r][u]);
+                s->weight.store(static_cast<uint32_t>(all[p]->to[u].weight), std::memory_order_relaxed);
+                set_addresses(*s, resolved[p][u]);
             }
+            if (all[p]->route.empty()) rule_pools_.push_back(p);
             pools_.push_back(pool);
         }
         return true;
@@ -151,6 +237,7 @@ public:
     // The parent, before it forks a replacement for `worker`.
     void forget_worker(size_t worker) const {
         if (worker >= workers_) return;
+        clients_.forget_worker(worker);
         for (const Pool& pool : pools_) {
             int32_t held = row(worker, pool.state->column).exchange(0);
             pool.state->active.fetch_sub(static_cast<uint32_t>(held));
@@ -163,23 +250,38 @@ public:
         }
     }
 
-    const Pool& pool(size_t rule) const { return pools_[rule]; }
-    size_t rules() const { return pools_.size(); }
+    // Every pool (config::pools order): a rule's own, then its routes'.
+    const Pool& pool(size_t index) const { return pools_[index]; }
+    size_t pools() const { return pools_.size(); }
+    // Rule r's default pool (its `to`; the listener's counters live here),
+    // and its route k.
+    size_t rule_pool_index(size_t rule) const { return rule_pools_[rule]; }
+    const Pool& rule_pool(size_t rule) const { return pools_[rule_pools_[rule]]; }
+    size_t route_pool_index(size_t rule, size_t route) const { return rule_pools_[rule] + 1 + route; }
+    size_t rules() const { return rule_pools_.size(); }
+
+    ClientTable& clients() const { return clients_; }
 
 private:
     void unmap() {
         if (memory_) munmap(memory_, bytes_);
         memory_ = nullptr;
         pools_.clear();
+        rule_pools_.clear();
+        clients_ = ClientTable();
     }
 
     std::atomic<int32_t>& row(size_t worker, uint32_t column) const {
         return rows_[(worker < workers_ ? worker : 0) * columns_ + column];
     }
 
+    static constexpr size_t client_table_size = 16384;
+
     void* memory_ = nullptr;
     size_t bytes_ = 0;
     std::vector<Pool> pools_;
+    std::vector<size_t> rule_pools_;
+    mutable ClientTable clients_;
     std::atomic<int32_t>* rows_ = nullptr;
     size_t columns_ = 0, workers_ = 0;
 
@@ -326,6 +428,10 @@ inline uint64_t client_key(const net::SockAddr& client) {
     const auto* in6 = reinterpret_cast<const sockaddr_in6*>(&client.storage);
     if (IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr)) return hash_bytes(&in6->sin6_addr.s6_addr[12], 4, 0);
     return hash_bytes(&in6->sin6_addr, sizeof in6->sin6_addr, 0);
+}
+
+inline uint64_t ClientTable::key(size_t rule, const net::SockAddr& client) {
+    return mix64(client_key(client) ^ mix64(rule + 1)) >> 16;  // 48 bits
 }
 
 template <class Random>

@@ -1,6 +1,6 @@
 // worker.hpp - one pre-forked worker's readiness loop and its connections' life: dial, relay, close.
 // Owns the connections; waiting is poller.hpp's, deadlines timers.hpp's, accepting acceptor.hpp's,
-// choosing and connecting upstreams dialer.hpp's, moving bytes relay.hpp's.
+// choosing and connecting upstreams dialer.hpp's, moving bytes relay.hpp's, the pre-dial read preread.hpp's.
 //
 // A turn of the loop: run the due timers, decide whether to listen, wait,
 // then handle the ready connections (dial results, relay events), and
@@ -24,6 +24,8 @@
 #include "log.hpp"
 #include "net.hpp"
 #include "poller.hpp"
+#include "preread.hpp"
+#include "proxy_protocol.hpp"
 #include "relay.hpp"
 #include "signals.hpp"
 #include "timers.hpp"
@@ -109,8 +111,8 @@ public:
             now_ = Clock::now();
             if (!stopping_)
                 acceptor_.accept_ready(
-                    [this](net::Fd client, const net::SockAddr& peer, size_t listener) {
-                        start(std::move(client), peer, listener);
+                    [this](net::Fd client, const net::SockAddr& peer, size_t listener, size_t client_slot) {
+                        start(std::move(client), peer, listener, client_slot);
                     },
                     now_);
         }
@@ -149,6 +151,13 @@ private:
         dialer::Dial dial;
         bool waiting_for_fds = false;   // socket() hit EMFILE: the dial is retried
         bool holds_rule_slot = false;   // counted in the rule's active (max_conns)
+        bool prereading = false;        // in the pre-dial read phase (accept_proxy, routes)
+        uint32_t pool = 0;              // the pool dialed (upstreams::Shared): the rule's own or a route's
+        uint32_t client_slot = UINT32_MAX;  // counted in the per-client table (max_conns_per_client)
+        // Only for rules that read before dialing, until the upstream is
+        // connected: what was read (forwarded first) and the PROXY header's
+        // addresses. A pointer, so other connections pay 8 bytes for it.
+        std::unique_ptr<preread::Reader> pre;
         // The one timer (timers_, by id) is the dial deadline while dialing,
         // then the next idle or half-close check.
         Clock::time_point last_activity{}, half_closed_at{};
@@ -255,7 +264,8 @@ private:
         Side side = static_cast<Side>(e.token & 1);
         if (id >= conns_.size() || conns_[id]->token[side] != e.token) return;  // closed earlier this turn
         Conn& c = *conns_[id];
-        if (!c.connected) on_dial_event(id, side, e.events);
+        if (c.prereading) on_preread_event(id, e.events);
+        else if (!c.connected) on_dial_event(id, side, e.events);
         else on_relay_event(id, side, e.events);
     }
 
@@ -305,44 +315,110 @@ private:
         return static_cast<uint32_t>(conns_.size() - 1);
     }
 
+    // The listener's rule (its index), and the pool the connection dials:
+    // that rule's own, or the SNI route chosen (whose settings it then uses).
     size_t rule_of(const Conn& c) const { return acceptor_.rule_of(c.listener); }
-    const config::Rule& rule(const Conn& c) const { return *shared_.pool(rule_of(c)).rule; }
-    std::string target_text(const Conn& c) const { return dialer_.target_text(rule_of(c), c.dial); }
-    upstreams::UpstreamState& upstream_state(const Conn& c) const {
-        return shared_.pool(rule_of(c)).at(c.dial.target);
-    }
+    const config::Rule& rule(const Conn& c) const { return *shared_.pool(c.pool).rule; }
+    std::string target_text(const Conn& c) const { return dialer_.target_text(c.pool, c.dial); }
+    upstreams::UpstreamState& upstream_state(const Conn& c) const { return shared_.pool(c.pool).at(c.dial.target); }
 
-    void start(net::Fd client, const net::SockAddr& peer, size_t listener) {
+    void start(net::Fd client, const net::SockAddr& peer, size_t listener, size_t client_slot) {
         uint32_t id = new_conn();
         Conn& c = *conns_[id];
         c.client = std::move(client);
         c.client_address = peer;
         c.listener = listener;
+        c.client_slot = static_cast<uint32_t>(client_slot);  // SIZE_MAX becomes UINT32_MAX: none
         c.started = c.last_activity = now_;
         c.holds_rule_slot = true;
+        c.pool = static_cast<uint32_t>(shared_.rule_pool_index(rule_of(c)));
+        c.dial.offset = acceptor_.listener(listener).offset;  // where a ranged upstream goes (any pool of the rule)
         ++live_;
         board_.slot(settings_.index).active.fetch_add(1, std::memory_order_relaxed);
         if (!net::accepted_sockets_inherit_tuning) net::tune_stream(c.client.get());
+        const config::Rule& own = rule(c);
+        if (own.prereads()) {
+            // The PROXY header and/or ClientHello first, under one deadline.
+            c.pre.reset(new preread::Reader(own));
+            c.prereading = true;
+            if (int err = watch(c, id, client_side, readable)) return wait_set_full(id, err);
+            timers_.schedule(id, now_ + std::chrono::duration_cast<Clock::duration>(own.policy.preread_timeout));
+            return;
+        }
         if (int err = watch(c, id, client_side, 0)) {
             wait_set_full(id, err);
             return;
         }
-        dialer_.plan(rule_of(c), peer, now_, c.dial);
-        c.dial.offset = acceptor_.listener(listener).offset;
+        dialer_.plan(c.pool, peer, now_, c.dial);
+        dial_next(id);
+    }
+
+    // ---- the pre-dial read phase (preread.hpp) ------------------------
+
+    void on_preread_event(uint32_t id, uint32_t events) {
+        Conn& c = *conns_[id];
+        preread::Reader& pre = *c.pre;
+        if (events & (POLLIN | POLLHUP | POLLERR)) {
+            while (pre.step() == preread::Step::need_more) {
+                size_t room = std::min(pre.room(), relay::buffer_size);
+                ssize_t n = ::read(c.client.get(), scratch_.get(), room);
+                if (n > 0) {
+                    pre.feed(scratch_.get(), static_cast<size_t>(n));
+                    continue;
+                }
+                if (n < 0 && errno == EINTR) continue;
+                if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
+                pre.ended();  // EOF or an error
+            }
+        }
+        preread_step(id);
+    }
+
+    // Acts on the reader's decision, if it has made one.
+    void preread_step(uint32_t id) {
+        Conn& c = *conns_[id];
+        preread::Reader& pre = *c.pre;
+        if (pre.step() == preread::Step::need_more) return;
+        const size_t rule_index = rule_of(c);
+        const upstreams::Pool& own = shared_.rule_pool(rule_index);
+        if (pre.step() == preread::Step::reject) {
+            const bool unrouted = pre.refusal() == preread::Refusal::unrouted;
+            (unrouted ? own.state->unrouted : own.state->bad_preread).fetch_add(1);
+            std::string why = std::string(unrouted ? "no route: " : "") + pre.why();
+            if (!pre.server_name().empty()) why += " (" + pre.server_name() + ")";
+            finish(id, why.c_str(), false);
+            return;
+        }
+        if (pre.has_address()) c.client_address = pre.client();
+        if (own.rule->policy.accept_proxy) {
+            size_t slot = SIZE_MAX;
+            if (!acceptor_.admitted(rule_index, c.client_address, c.listener, now_) ||
+                !acceptor_.take_client_slot(rule_index, c.client_address, c.listener, now_, slot)) {
+                finish(id, "refused", false);
+                return;
+            }
+            c.client_slot = static_cast<uint32_t>(slot);
+        }
+        if (pre.route() >= 0)
+            c.pool = static_cast<uint32_t>(shared_.route_pool_index(rule_index, static_cast<size_t>(pre.route())));
+        c.prereading = false;  // c.pre keeps the bytes for connected()
+        timers_.cancel(id);
+        if (int err = set_events(c, client_side, 0)) return wait_set_full(id, err);
+        dialer_.plan(c.pool, c.client_address, now_, c.dial);
         dial_next(id);
     }
 
     void dial_next(uint32_t id) {
         Conn& c = *conns_[id];
         int err = 0;
-        switch (dialer_.next(rule_of(c), c.dial, c.upstream, c.client_address, now_, err)) {
+        switch (dialer_.next(c.pool, c.dial, c.upstream, c.client_address, now_, err)) {
         case dialer::Outcome::connected:
             if ((err = watch(c, id, upstream_side, POLLOUT))) return wait_set_full(id, err);
             connected(id);
             return;
         case dialer::Outcome::connecting: {
             if ((err = watch(c, id, upstream_side, POLLOUT))) return wait_set_full(id, err);
-            Clock::duration limit = dialer_.timeout(rule_of(c));
+            Clock::duration limit = dialer_.timeout(c.pool);
             if (limit.count() > 0) timers_.schedule(id, now_ + limit);
             return;
         }
@@ -375,7 +451,7 @@ private:
 
     void dial_failed(uint32_t id, const std::string& why) {
         Conn& c = *conns_[id];
-        dialer_.failed(rule_of(c), c.dial, why, now_);
+        dialer_.failed(c.pool, c.dial, why, now_);
         drop_dial(c, id);
         dial_next(id);
     }
@@ -385,18 +461,30 @@ private:
         timers_.cancel(id);
         c.connected = true;
         c.last_activity = now_;
-        dialer_.succeeded(rule_of(c), c.dial);  // counted in active since its dial began
+        dialer_.succeeded(c.pool, c.dial);  // counted in active since its dial began
         arm_relay_timer(c, id);
         if (log_.verbose())  // the arguments cost a clock read, a printf and a malloc
             log_.trace("Connected %s => %s (%s)", acceptor_.listener(c.listener).address.c_str(),
                        target_text(c).c_str(), c.client_address.text().c_str());
-        if (rule(c).policy.proxy != proxy_protocol::Version::off) {
-            // Sent at once, not with the first client byte: with SSH the
-            // server speaks first and the client would wait forever.
-            net::SockAddr local;
-            net::local_address(c.client.get(), local);
-            std::string header = proxy_protocol::header(rule(c).policy.proxy, c.client_address, local);
-            if (int err = c.up.send_first(c.upstream.get(), header, pool_)) {
+        const proxy_protocol::Version proxy = rule(c).policy.proxy;
+        if (proxy != proxy_protocol::Version::off || c.pre) {
+            // A PROXY header is sent at once, not with the first client byte:
+            // with SSH the server speaks first and the client would wait
+            // forever. What the client sent before the dial follows it.
+            std::string first;
+            if (proxy != proxy_protocol::Version::off) {
+                net::SockAddr local;  // as the client sees us: a received header's destination
+                if (c.pre && c.pre->has_address()) local = c.pre->destination();
+                else net::local_address(c.client.get(), local);
+                first = proxy_protocol::header(proxy, c.client_address, local);
+            }
+            size_t client_part = 0;
+            if (c.pre) {
+                first += c.pre->bytes();
+                client_part = c.pre->bytes().size();
+                c.pre.reset();
+            }
+            if (int err = c.up.send_first(c.upstream.get(), first, pool_, client_part)) {
                 finish(id, net::errno_text(err).c_str(), true);
                 return;
             }
@@ -476,13 +564,18 @@ private:
 
     void on_timer(uint32_t id, Clock::time_point now) {
         Conn& c = *conns_[id];
+        if (c.prereading) {
+            c.pre->timed_out();
+            preread_step(id);
+            return;
+        }
         if (c.waiting_for_fds) {
             retry_dial(id);
             return;
         }
         if (!c.connected) {
             // The socket is closed here, so a late SYN-ACK can never be used.
-            auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(dialer_.timeout(rule_of(c))).count();
+            auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(dialer_.timeout(c.pool)).count();
             dial_failed(id, "i/o timeout after " + std::to_string(ms) + "ms");
             return;
         }
@@ -554,12 +647,13 @@ private:
         Conn& c = *conns_[id];
         timers_.cancel(id);
         if (c.holds_rule_slot) acceptor_.release_rule_slot(rule_of(c));
+        if (c.client_slot != UINT32_MAX) acceptor_.release_client_slot(c.client_slot);
         if (log_.verbose()) log_closed(c, reason);
         if (c.connected && c.reset_by >= 0) {
             upstreams::UpstreamState& state = upstream_state(c);
             (c.reset_by == client_side ? state.client_resets : state.upstream_resets).fetch_add(1);
         }
-        dialer_.release(rule_of(c), c.dial);  // its place in the target's active count
+        dialer_.release(c.pool, c.dial);  // its place in the target's active count
         if (abort) {
             if (c.client) net::set_abortive_close(c.client.get());
             if (c.upstream) net::set_abortive_close(c.upstream.get());

@@ -702,13 +702,17 @@ TEST_CASE("usage text is exactly what Go's default usage would print", "[flags][
         "    \tsend a command (show, disable, enable, weight) to the control socket of -f's file, print the answer "
         "and exit\n"
         "  -f string\n"
-        "    \trules file (default \"rules.yaml\")\n"
+        "    \trules file (YAML: rules of from/to; also routes (SNI), accept_proxy,\n"
+        "    \tmax_conns_per_client ...: see README.md or mixctl(8)) (default \"rules.yaml\")\n"
         "  -grace duration\n"
         "    \ton SIGTERM/SIGINT, time live connections get to finish (default 10s)\n"
+        "  -probe string\n"
+        "    \tsend one request through the listener of RULE (a rule name or listen address in -f) and exit:\n"
+        "    \t0 when an upstream replies within -t, 1 otherwise, with one line why (for keepalived's vrrp_script)\n"
         "  -syslog\n"
         "    \tlog to syslog(3) (facility daemon, ident mixctl) instead of stderr\n"
         "  -t duration\n"
-        "    \tupstream dial timeout; 0 means no deadline (default 1.5s)\n"
+        "    \tupstream dial timeout (with -probe: the whole probe's); 0 means no deadline (default 1.5s)\n"
         "  -u string\n"
         "    \tafter binding, run workers as USER[:GROUP] (the parent keeps its rights for reloads)\n"
         "  -v\tverbose: log every connection (default true)\n"
@@ -742,7 +746,7 @@ TEST_CASE("usage names the program by the basename of argv[0]", "[flags][usage]"
 TEST_CASE("usage lists every flag once, sorted by name with uppercase first", "[flags][usage]") {
     const std::string text = flags::usage("mixctl");
     const char* order[] = {"\n  -V\t",          "\n  -check\n",   "\n  -ctl string\n", "\n  -f string\n",
-                           "\n  -grace duration\n", "\n  -syslog\n", "\n  -t duration\n", "\n  -u string\n", "\n  -v\t",
+                           "\n  -grace duration\n", "\n  -probe string\n", "\n  -syslog\n", "\n  -t duration\n", "\n  -u string\n", "\n  -v\t",
                            "\n  -version\n",    "\n  -w int\n"};
     std::size_t last = 0;
     for (const char* entry : order) {
@@ -759,7 +763,7 @@ TEST_CASE("usage lists every flag once, sorted by name with uppercase first", "[
          at = text.find("\n  -", at + 1)) {
         ++flag_lines;
     }
-    CHECK(flag_lines == 11);
+    CHECK(flag_lines == 12);
 }
 
 TEST_CASE("usage shows defaults the way Go does and omits zero-value defaults",

@@ -113,6 +113,36 @@ TEST_CASE("an empty host listens on the IPv6 wildcard first", "[net]") {
     CHECK((addrs[0].text() == "[::]:8080" || addrs[0].text() == "0.0.0.0:8080"));
 }
 
+TEST_CASE("an empty host is one dual-stack listener that IPv4 and IPv6 clients reach", "[net]") {
+    net::HostPort hp{"", 0};
+    std::vector<net::SockAddr> addrs;
+    std::string error;
+    REQUIRE(net::resolve(hp, true, addrs, error));
+    // getaddrinfo gives 0.0.0.0 and ::; two sockets on one port would
+    // collide (EADDRINUSE), so there is one.
+    REQUIRE(addrs.size() == 1);
+    net::Fd listener = net::listen_on(addrs[0], 16, error);
+    INFO(error);
+    REQUIRE(listener);
+    net::SockAddr bound;
+    REQUIRE(net::local_address(listener.get(), bound));
+    std::vector<std::string> clients{"127.0.0.1"};
+    if (bound.family() == AF_INET6) clients.push_back("::1");
+    for (const std::string& host : clients) {
+        std::vector<net::SockAddr> to;
+        REQUIRE(net::resolve(net::HostPort{host, bound.port()}, false, to, error));
+        net::Fd client;
+        int rc = net::dial_start(to[0], client);
+        if (rc == EINPROGRESS) {
+            pollfd p{client.get(), POLLOUT, 0};
+            REQUIRE(::poll(&p, 1, 5000) == 1);
+            rc = net::pending_error(client.get());
+        }
+        INFO("client " << host);
+        CHECK(rc == 0);
+    }
+}
+
 TEST_CASE("listen, nonblocking dial and accept work on loopback", "[net]") {
     net::SockAddr bound;
     net::Fd listener = loopback_listener(bound);

@@ -129,6 +129,7 @@ check "full config: the command line" has full \
     show_calls full
 check "full config: respawn" grep -q '^set \[respawn\]' "$T_TMP/full.calls"
 check "full config: stdout 1" has full "set [stdout] [1]"
+check "full config: limits nofile 65536" has full "set [limits] [nofile=65536 65536]"
 check "full config: stderr 1" has full "set [stderr] [1]"
 check "full config: file is the rules file" has full "set [file] [/etc/mixctl/custom.yaml]"
 check "full config: reload_signal HUP" has full "set [reload_signal] [HUP]"

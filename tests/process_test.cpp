@@ -528,6 +528,7 @@ TEST_CASE("a rule whose port is taken: exit 1 naming rule, address and cause, an
     Exit e = d.wait_exit(5000ms);
     REQUIRE(e.exited());
     CHECK(e.code == 1);
+    d.wait_log("address already in use", 3000ms);  // the log reader may lag the exit
     std::string log = d.log();
     INFO(log);
     CHECK(log.find("rule (taken)") != std::string::npos);

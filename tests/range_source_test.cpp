@@ -6,6 +6,7 @@
 #include <random>
 
 #include "harness.hpp"
+#include "hello_bytes.hpp"
 
 using namespace harness;
 
@@ -190,4 +191,47 @@ TEST_CASE("source: a non-local address is refused by -check, at start and on rel
     d.signal(SIGHUP);
     CHECK(d.wait_log("still serving the previous configuration"));
     CHECK(ask(port).rfind("127.0.0.1:", 0) == 0);
+}
+
+TEST_CASE("range: an SNI route on a ranged rule follows the client's port, from the route's source", "[range][source][sni]") {
+    const int n = 3;
+    uint16_t base = free_range(n), to = 0;
+    REQUIRE(base != 0);
+    do to = free_range(n);
+    while (to != 0 && to < base + n && base < to + n);
+    REQUIRE(to != 0);
+    const std::string hello = hello_bytes::hello("app.example.com");
+    // Reads the whole ClientHello first (closing on unread bytes would reset).
+    auto hear_then_tell = [&hello](int fd) {
+        std::string got;
+        if (read_exact(fd, got, hello.size())) tell_peer(fd);
+    };
+    std::vector<std::unique_ptr<Server>> ups;
+    for (int i = 0; i < n; ++i) {
+        ups.push_back(std::make_unique<Server>(tell_peer, AF_INET, static_cast<uint16_t>(base + i), 64, "127.0.0.2"));
+        ups.push_back(std::make_unique<Server>(hear_then_tell, AF_INET, static_cast<uint16_t>(to + i), 64, "127.0.0.2"));
+    }
+    for (auto& u : ups) REQUIRE(u->ok());
+    Daemon d("rules:\n- name: tls\n  from: 127.0.0.1:" + range(base, n) + "\n  preread_timeout: 1s\n" +
+             "  to: [127.0.0.2]\n  routes:\n    - sni: [app.example.com]\n      source: 127.0.0.2\n" +
+             "      to: [127.0.0.2:" + range(to, n) + "]\n");
+    REQUIRE(d.port("tls") == base);
+    CHECK(d.wait_log("Forwarding (tls) from: 127.0.0.1:" + range(base, n) + " sni: [app.example.com]"));
+    for (int i : {0, n - 1}) {
+        INFO(d.log());
+        uint16_t port = static_cast<uint16_t>(base + i);
+        net::Fd fd = dial(port);
+        REQUIRE(fd);
+        set_timeouts(fd.get(), 5000ms);
+        REQUIRE(send_all(fd.get(), hello));
+        std::string reply;
+        read_to_eof(fd.get(), reply);
+        // The route's upstream at the mapped port, reached from its source.
+        CHECK(reply.rfind("127.0.0.2:", 0) == 0);
+        CHECK(reply.find(" " + std::to_string(to + i) + "\n") != std::string::npos);
+        // No hello within preread_timeout: the default pool, same port.
+        std::string plain = ask(port);
+        CHECK(plain.rfind("127.0.0.1:", 0) == 0);
+        CHECK(plain.find(" " + std::to_string(port) + "\n") != std::string::npos);
+    }
 }

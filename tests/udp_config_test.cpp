@@ -101,6 +101,24 @@ TEST_CASE("udp config: each decided error is reported on its own line", "[config
          "rules.yaml:4: proxy_protocol: means nothing for a udp rule"},
         {"max_conns on udp", "rules:\n- from: h:1\n  max_conns: 5\n  protocol: udp\n  to: [h:2]\n",
          "rules.yaml:3: max_conns: means nothing for a udp rule"},
+        {"routes on udp", "rules:\n- from: h:1\n  protocol: udp\n  to: [h:2]\n  routes:\n    - {sni: a.example, to: [h:3]}\n",
+         "rules.yaml:5: routes: means nothing for a udp rule"},
+        {"accept_proxy on udp", "rules:\n- from: h:1\n  protocol: udp\n  accept_proxy: true\n  to: [h:2]\n",
+         "rules.yaml:4: accept_proxy: means nothing for a udp rule"},
+        {"proxy_trusted on udp", "rules:\n- from: h:1\n  protocol: udp\n  proxy_trusted: [127.0.0.1]\n  to: [h:2]\n",
+         "rules.yaml:4: proxy_trusted: means nothing for a udp rule"},
+        {"preread_timeout on udp", "rules:\n- from: h:1\n  protocol: udp\n  preread_timeout: 2s\n  to: [h:2]\n",
+         "rules.yaml:4: preread_timeout: means nothing for a udp rule"},
+        {"max_conns_per_client on udp", "rules:\n- from: h:1\n  protocol: udp\n  max_conns_per_client: 3\n  to: [h:2]\n",
+         "rules.yaml:4: max_conns_per_client: means nothing for a udp rule"},
+        {"retries on udp", "rules:\n- from: h:1\n  protocol: udp\n  retries: 1\n  to: [h:2]\n",
+         "rules.yaml:4: retries: means nothing for a udp rule"},
+        {"responses in a route", "rules:\n- from: h:1\n  to: [h:2]\n  routes:\n    - sni: a.example\n      responses: 1\n      to: [h:3]\n",
+         "rules.yaml:6: responses: means nothing for a tcp rule"},
+        {"protocol in a route", "rules:\n- from: h:1\n  to: [h:2]\n  routes:\n    - sni: a.example\n      protocol: udp\n      to: [h:3]\n",
+         "rules.yaml:6: protocol: is a setting of the rule (its listener), not of a route"},
+        {"route range of another length", "rules:\n- from: h:10-19\n  to: [h]\n  routes:\n    - sni: a.example\n      to: [h:20-22]\n",
+         "rules.yaml:6: to: \"h:20-22\": a range of 3 ports needs a from: range of the same length (from: has 10)"},
         {"max_sessions 0", "rules:\n- from: h:1\n  protocol: udp\n  max_sessions: 0\n  to: [h:2]\n",
          "rules.yaml:4: max_sessions: \"0\" must be a whole number from 1"},
         {"negative responses", "rules:\n- from: h:1\n  protocol: udp\n  responses: -1\n  to: [h:2]\n",
@@ -134,6 +152,26 @@ TEST_CASE("udp config: each decided error is reported on its own line", "[config
         CHECK_FALSE(l.ok);
         CHECK(has_message(l.diag.errors, c.message));
     }
+}
+
+TEST_CASE("udp config: SNI routes take source and ranged upstreams like their rule", "[config][udp][range][routes]") {
+    Loaded l = load(
+        "rules:\n- from: h:10-19\n  source: 127.0.0.2\n  to: [h]\n  routes:\n"
+        "    - sni: a.example\n      source: 127.0.0.3\n      to: [h:20-29]\n"
+        "    - sni: b.example\n      to: [h]\n");
+    INFO(all(l.diag.errors));
+    REQUIRE(l.ok);
+    const config::Rule& rule = l.cfg.rules[0];
+    REQUIRE(rule.routes.size() == 2);
+    CHECK(rule.routes[0].to[0].ranged);
+    CHECK(rule.routes[0].to[0].where.port == 20);
+    CHECK(rule.routes[0].source_of(0) == "127.0.0.3");
+    CHECK(rule.routes[1].to[0].ranged);
+    CHECK(rule.routes[1].to[0].where.port == 10);
+    CHECK(rule.routes[1].source_of(0) == "127.0.0.2");
+    const std::vector<const config::Rule*> pools = config::pools(l.cfg);
+    REQUIRE(pools.size() == 3);
+    CHECK(pools[1] == &rule.routes[0]);
 }
 
 TEST_CASE("udp config: tcp and udp on the same port do not overlap", "[config][udp]") {

@@ -258,7 +258,7 @@ TEST_CASE("udp: at max_sessions the least recently active session is evicted and
     CHECK(d.wait_log("(" + b_addr.text() + ") bytes_in=1 bytes_out="));
     CHECK(d.count("reason=\"evicted\"") == 1);
     d.signal(SIGUSR1);
-    CHECK(d.wait_log("stats clients rule=r active=2 denied=0 evicted=1 dropped=0 lost=0 protocol=udp"));
+    CHECK(d.wait_log("stats clients rule=r active=2 denied=0 over_client_limit=0 bad_preread=0 unrouted=0 evicted=1 dropped=0 lost=0 protocol=udp"));
 }
 
 TEST_CASE("udp: zero-length and 65,507-byte datagrams are relayed whole, byte-exact", "[udp]") {
