@@ -79,7 +79,7 @@ public:
     void arm(Clock::time_point now) {
         if (stopped_) return;
         if (paused_ && now >= resume_at_) resume();
-        listening_ = !paused_ && board_.may_accept(worker_, to_ms(now));
+        listening_ = !paused_ && may_accept(now);
         rules_full_ = false;
         for (size_t i = 0; i < listeners_.size(); ++i) {
             bool full = rule_full(listeners_[i].rule);
@@ -106,11 +106,13 @@ public:
 
     // A connection of this worker closed: its descriptors are free again,
     // so a pause for want of them ends now instead of at its timer.
+    // The listeners are tried in this very turn (an accept that finds
+    // nothing costs one EAGAIN) rather than after another wait.
     void descriptors_freed() {
-        if (paused_) {
-            resume();
-            resume_at_ = Clock::time_point{};
-        }
+        if (!paused_ || stopped_) return;
+        resume();
+        resume_at_ = Clock::time_point{};
+        for (size_t i = 0; i < listeners_.size(); ++i) ready_[i] = true;
     }
 
     // Our own shortage (accept, or a socket for a dial): stop accepting
@@ -170,7 +172,7 @@ private:
         const size_t rule = listeners_[index].rule;
         bool accepted = false;
         for (int n = 0; n < batch && !paused_; ++n) {
-            if (!board_.may_accept(worker_, to_ms(now))) break;
+            if (!may_accept(now)) break;
             if (!reserve_rule_slot(rule)) {
                 listen_on(index, false);  // full: the backlog holds the rest
                 rules_full_ = true;
@@ -205,6 +207,13 @@ private:
             start(std::move(client), peer, index, client_slot);
         }
         return accepted;
+    }
+
+    // The balance board's say (balance.hpp): not too far ahead in accepts,
+    // nor in connections held.
+    bool may_accept(Clock::time_point now) const {
+        int64_t ms = to_ms(now);
+        return board_.may_accept(worker_, ms) && !board_.ahead_in_active(worker_, ms);
     }
 
     bool rule_full(size_t rule) const {

@@ -790,6 +790,9 @@ int main(int argc, char** argv) {
     flags::ParseResult parsed = flags::parse(argc, argv, options);
     if (parsed.outcome == flags::Outcome::Help) {
         fputs(flags::usage(argv[0]).c_str(), stderr);
+        fprintf(stderr, "Environment:\n  MIXCTL_POLLER=%s\n    \thow workers wait for their sockets (this build: %s; default %s)\n",
+                poller::default_backend() == poller::Backend::epoll ? "epoll|poll" : "poll", poller::choices(),
+                poller::name(poller::default_backend()));
         return 0;
     }
     if (parsed.outcome == flags::Outcome::Error) {

@@ -11,7 +11,12 @@
 //          (never shared with the parent or a respawned worker). Level-
 //          triggered: the relay moves at most a bounded amount per event so
 //          one fast stream cannot starve the others, and level triggering
-//          reports the rest next turn without a re-arm.
+//          reports the rest next turn without a re-arm. Edge triggering would
+//          not save a call: measured (strace -c, -w 1, 2,000 keep-alive
+//          request/replies of 64 bytes) a request costs exactly 6 calls,
+//          epoll_wait + read + sendto on each hop, and no epoll_ctl at all
+//          (the relay already treats a short read as "drained"); with edges
+//          the bounded rounds would need a ready list of our own.
 //   poll   POSIX (BSD, macOS, `make POSIX_ONLY=1`), and on Linux when the
 //          environment says MIXCTL_POLLER=poll. It hands the kernel every
 //          watched descriptor on each wait: fine for a few hundred sockets.

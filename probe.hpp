@@ -14,7 +14,9 @@
 // What is sent: a HEAD request line, which HTTP servers answer, which Go TLS
 // servers (K3s, RKE2, the Kubernetes API) answer with "HTTP/1.0 400 Bad
 // Request", and which servers that speak first (SSH, SMTP) answer with their
-// banner anyway. The whole probe, name lookup included, ends by the deadline.
+// banner anyway. A rule whose health_check talks (send/expect, or tls) is
+// probed with that exchange instead, so the probe asks what the checker asks.
+// The whole probe, name lookup included, ends by the deadline.
 #pragma once
 
 #include <algorithm>
@@ -32,6 +34,7 @@
 #include "config.hpp"
 #include "flags.hpp"
 #include "net.hpp"
+#include "tls_hello.hpp"
 
 namespace probe {
 
@@ -53,6 +56,22 @@ struct Outcome {
     std::string line;  // one line, no newline
 };
 
+// The rule's own health check, when it says more than "connect": a TLS
+// ClientHello must be answered by a handshake record; send/expect as written.
+inline Exchange exchange_for(const config::Rule& rule) {
+    Exchange ex;
+    const config::HealthCheck& check = rule.policy.health;
+    if (!check.enabled) return ex;
+    if (check.tls) {
+        ex.send = tls_hello::client_hello(check.sni, static_cast<uint64_t>(Clock::now().time_since_epoch().count()));
+        ex.expect = std::string("\x16\x03", 2);
+    } else if (!check.send.empty() || !check.expect.empty()) {
+        ex.send = check.send;
+        ex.expect = check.expect;
+    }
+    return ex;
+}
+
 inline bool is_wildcard(const std::string& host) { return host.empty() || host == "0.0.0.0" || host == "::"; }
 
 // A wildcard listener is probed on the loopback address of its family.
@@ -63,8 +82,11 @@ inline net::HostPort dial_address(const net::HostPort& from) {
     return to;
 }
 
+// A TCP listener only (a UDP rule on the same port is not what a connect
+// reaches); any port of a range.
 inline bool serves(const config::Rule& rule, const net::HostPort& asked) {
-    return rule.from.port == asked.port && (rule.from.host == asked.host || is_wildcard(rule.from.host));
+    return rule.policy.protocol == config::Protocol::tcp && rule.from.port <= asked.port &&
+           asked.port <= rule.from_last && (rule.from.host == asked.host || is_wildcard(rule.from.host));
 }
 
 // RULE is a rule name, or an address: a rule's `from`, or any listener (the
@@ -82,6 +104,10 @@ inline bool find_target(const std::string& what, const std::string& file, Target
     for (const config::Rule& rule : cfg.rules)
         if (!found && is_address && serves(rule, asked)) found = &rule;
     if (found) {
+        if (found->policy.protocol == config::Protocol::udp) {
+            why = "rule (" + found->name + ") is protocol: udp; -probe checks TCP listeners";
+            return false;
+        }
         if (found->from.port == 0) {
             why = "rule (" + found->name + ") listens on port 0 (chosen at start): probe the address it bound";
             return false;
@@ -89,6 +115,7 @@ inline bool find_target(const std::string& what, const std::string& file, Target
         out.label = "(" + found->name + ") ";
         out.where = is_address && !is_wildcard(asked.host) ? asked : dial_address(found->from);
         out.label += out.where.text();
+        out.exchange = exchange_for(*found);
         return true;
     }
     if (is_address) {

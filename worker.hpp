@@ -658,6 +658,9 @@ private:
             if (c.client) net::set_abortive_close(c.client.get());
             if (c.upstream) net::set_abortive_close(c.upstream.get());
         }
+        // Counted out before the sockets close: a client that sees the close
+        // and asks for the stats at once must not find it still active.
+        board_.slot(settings_.index).active.fetch_sub(1, std::memory_order_relaxed);
         unwatch(c, upstream_side);
         unwatch(c, client_side);
         c.up.release(pool_, pipes_);
@@ -668,7 +671,6 @@ private:
         conns_[id]->dial = std::move(dial);
         free_.push_back(id);
         if (--live_ == 0) pipes_.clear();
-        board_.slot(settings_.index).active.fetch_sub(1, std::memory_order_relaxed);
         descriptors_freed_ = true;
     }
 

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""bench/poll_scale.py - how mixctl's poll() loop grows with idle connections.
+"""bench/poll_scale.py - how mixctl's wait loop grows with idle connections, on both backends.
 
-For mixctl (-w 1, poll()) and HAProxy (nbthread 1, epoll: the flat
-reference), with N idle connections held open through the proxy (N = 10, 100,
+For mixctl -w 1 with epoll (its Linux default), mixctl -w 1 with poll()
+(MIXCTL_POLLER=poll, the portable backend) and HAProxy (nbthread 1, epoll:
+the reference), with N idle connections held open through the proxy (N = 10, 100,
 1000, 10000, capped by the fd limit): a fixed keep-alive load (wrk -t1 -c4
 against the nginx upstream's 64-byte file) and the proxy's CPU µs per request,
 req/s and p99. A separate pass (perf stat for 1 s inside a 3 s wrk run)
@@ -49,10 +50,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import run as bench  # noqa: E402  (bench/run.py: processes, configs, wrk)
 
-PROXIES = ["mixctl", "haproxy"]
+PROXIES = ["mixctl", "mixctl-poll", "haproxy"]
+LABEL = {"mixctl": "mixctl epoll", "mixctl-poll": "mixctl poll()", "haproxy": "haproxy"}
 # syscalls counted per proxy in the perf pass: the wait call, and all syscalls
 WAIT_EVENTS = {
-    "mixctl": ["syscalls:sys_enter_poll", "syscalls:sys_enter_ppoll"],
+    "mixctl": ["syscalls:sys_enter_epoll_wait", "syscalls:sys_enter_epoll_pwait"],
+    "mixctl-poll": ["syscalls:sys_enter_poll", "syscalls:sys_enter_ppoll"],
     "haproxy": ["syscalls:sys_enter_epoll_wait", "syscalls:sys_enter_epoll_pwait"],
 }
 ALL_SYSCALLS = "raw_syscalls:sys_enter"
@@ -69,7 +72,7 @@ def perf_usable(perf):
     if not perf:
         return False
     try:
-        r = subprocess.run([perf, "stat", "-x,", "-e", WAIT_EVENTS["mixctl"][0] + "," + ALL_SYSCALLS, "true"],
+        r = subprocess.run([perf, "stat", "-x,", "-e", WAIT_EVENTS["mixctl-poll"][0] + "," + ALL_SYSCALLS, "true"],
                            capture_output=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return False
@@ -501,7 +504,7 @@ def run_workers(args, setup, meta, n):
     summary = {cid: {k: s for k in WKEYS for s in [stats([pt.get(k) for pt in pts])] if s}
                for cid, pts in points.items()}
     held_n = min((summary[c["id"]]["held"]["median"] for c in configs if "held" in summary[c["id"]]), default=n)
-    title = ("mixctl poll() workers %s: N=%d idle connections\n%s, %s CPUs, kernel %s, Debian %s; %d reps x %gs wrk "
+    title = ("mixctl workers (" + os.environ.get("MIXCTL_POLLER", "default backend") + ") %s: N=%d idle connections\n%s, %s CPUs, kernel %s, Debian %s; %d reps x %gs wrk "
              "-t1 -c%d keep-alive; nice %d; load %.2f, CPUs busy before start %.0f%%") % (
         meta["date"], held_n, meta["cpu"], meta["cpus"], meta["kernel"], meta["debian"], len(rep_times),
         args.duration, args.wrk_conns, args.nice, meta["loadavg_start"], meta["busy_before_pct"])
@@ -609,10 +612,10 @@ def per_fd(summary, counts):
     c in ns per polled fd per poll() call, from each N against the first
     (2 fds per idle connection; the few active and control fds cancel out)."""
     a = counts[0]
-    ca, pa, na = (med(summary, "mixctl", a, k) for k in ("cpu_us", "wait_per_req", "held"))
+    ca, pa, na = (med(summary, "mixctl-poll", a, k) for k in ("cpu_us", "wait_per_req", "held"))
     out = {}
     for n in counts[1:]:
-        cn, pn, nn = (med(summary, "mixctl", n, k) for k in ("cpu_us", "wait_per_req", "held"))
+        cn, pn, nn = (med(summary, "mixctl-poll", n, k) for k in ("cpu_us", "wait_per_req", "held"))
         if None in (ca, pa, na, cn, pn, nn):
             continue
         scanned = 2 * (pn * nn - pa * na)
@@ -635,23 +638,26 @@ def render(summary, counts, title):
         s = summary.get(kind, {}).get(n, {}).get(key)
         return fmt(s["median"], f, s["spread_pct"] if len(s["runs"]) > 1 else None) if s else "-"
 
-    header = ["N idle", "mixctl us/req", "haproxy us/req", "ratio", "mixctl growth", "haproxy growth",
-              "mixctl req/s", "haproxy req/s", "mixctl p99 us", "haproxy p99 us"]
+    header = ["N idle", "epoll us/req", "poll() us/req", "haproxy us/req", "epoll ratio", "poll() ratio",
+              "epoll growth", "poll() growth", "haproxy growth", "epoll req/s", "poll() req/s", "haproxy req/s",
+              "epoll p99 us", "poll() p99 us", "haproxy p99 us"]
     rows = []
-    m10, h10 = med(summary, "mixctl", counts[0], "cpu_us"), med(summary, "haproxy", counts[0], "cpu_us")
+    first = {k: med(summary, k, counts[0], "cpu_us") for k in PROXIES}
     for n in counts:
-        m, h = med(summary, "mixctl", n, "cpu_us"), med(summary, "haproxy", n, "cpu_us")
-        rows.append(["%d" % held(summary, n),
-                     cell("mixctl", n, "cpu_us", "%.1f"), cell("haproxy", n, "cpu_us", "%.1f"),
-                     fmt(m / h if m and h else None, "%.2fx"),
-                     fmt(m / m10 if m and m10 else None, "%.2fx"), fmt(h / h10 if h and h10 else None, "%.2fx"),
-                     cell("mixctl", n, "rate", "%.0f"), cell("haproxy", n, "rate", "%.0f"),
-                     cell("mixctl", n, "p99_us", "%.0f"), cell("haproxy", n, "p99_us", "%.0f")])
+        cpu = {k: med(summary, k, n, "cpu_us") for k in PROXIES}
+        h = cpu["haproxy"]
+        rows.append(["%d" % held(summary, n)] +
+                    [cell(k, n, "cpu_us", "%.1f") for k in PROXIES] +
+                    [fmt(cpu[k] / h if cpu[k] and h else None, "%.2fx") for k in ("mixctl", "mixctl-poll")] +
+                    [fmt(cpu[k] / first[k] if cpu[k] and first[k] else None, "%.2fx") for k in PROXIES] +
+                    [cell(k, n, "rate", "%.0f") for k in PROXIES] +
+                    [cell(k, n, "p99_us", "%.0f") for k in PROXIES])
     widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
     line = lambda r: "| " + " | ".join(c.rjust(w) if i else c.ljust(w)
                                          for i, (c, w) in enumerate(zip(r, widths))) + " |"
     out = [title, line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(r) for r in rows]
-    for kind, label in (("mixctl", "mixctl poll() calls per request"),
+    for kind, label in (("mixctl", "mixctl epoll_wait() calls per request"),
+                        ("mixctl-poll", "mixctl poll() calls per request"),
                         ("haproxy", "haproxy epoll_wait() calls per request")):
         vals = [(n, med(summary, kind, n, "wait_per_req")) for n in counts]
         if any(v for _, v in vals):
@@ -662,7 +668,7 @@ def render(summary, counts, title):
         if all(v is not None for _, v in vals):
             out.append("%s CPU in the kernel (%%): %s" % (kind, ", ".join(
                 "N=%d %.0f" % (held(summary, n), v) for n, v in vals)))
-    vals = [(n, med(summary, "mixctl", n, "us_per_wait")) for n in counts]
+    vals = [(n, med(summary, "mixctl-poll", n, "us_per_wait")) for n in counts]
     if all(v for _, v in vals):
         out.append("mixctl CPU per poll() wakeup (us): %s" % ", ".join(
             "N=%d %.1f" % (held(summary, n), v) for n, v in vals))
@@ -690,6 +696,8 @@ def parse_args():
     ap.add_argument("--count-seconds", type=int, default=1, help="seconds perf counts, within a wrk run 2 s "
                     "longer (default 1)")
     ap.add_argument("--wrk-conns", type=int, default=4, help="wrk -c (default 4)")
+    ap.add_argument("--proxies", default=",".join(PROXIES), help="which to measure (default %s; mixctl is "
+                    "epoll, mixctl-poll the same binary under MIXCTL_POLLER=poll)" % ",".join(PROXIES))
     ap.add_argument("--no-perf", action="store_true", help="skip the perf stat counting pass")
     ap.add_argument("--budget", type=int, default=170, help="seconds: no repetition past the 2nd starts if it "
                     "would end after this (default 170)")
@@ -713,6 +721,7 @@ def parse_args():
     a.wide = sorted({int(x) for x in a.wide.split(",") if x.strip()})
     a.reps = max(2, a.reps)
     a.counts = sorted({int(x) for x in a.conns.split(",") if x.strip()})
+    a.proxies = [x.strip() for x in a.proxies.split(",") if x.strip()]
     # what bench.Setup, bench.proxy_argv and bench.run_wrk read
     a.workers, a.proxy_cpus, a.load_cpus = 1, "0", "1"
     a.ka_conns, a.close_conns = a.wrk_conns, a.wrk_conns
@@ -808,7 +817,8 @@ def run(args):
                 log("stopping after %d repetitions to stay within %ds" % (rep, args.budget))
                 break
             r0 = time.monotonic()
-            for kind in (PROXIES if rep % 2 == 0 else PROXIES[::-1]):
+            chosen = [k for k in PROXIES if k in args.proxies]
+            for kind in (chosen if rep % 2 == 0 else chosen[::-1]):
                 log("rep %d/%d: %s" % (rep + 1, args.reps, kind))
                 try:
                     points[kind].append(measure(kind, setup, rep, counts))
@@ -818,12 +828,16 @@ def run(args):
         summary = summarize(points, counts)
         cross, cross_lines = crossovers(summary, counts)
         m10, h10 = med(summary, "mixctl", counts[0], "cpu_us"), med(summary, "haproxy", counts[0], "cpu_us")
+        p10 = med(summary, "mixctl-poll", counts[0], "cpu_us")
         for n in counts:
             m, h = med(summary, "mixctl", n, "cpu_us"), med(summary, "haproxy", n, "cpu_us")
+            pm = med(summary, "mixctl-poll", n, "cpu_us")
             summary.setdefault("ratio", {})[n] = m / h if m and h else None
+            summary.setdefault("poll_ratio", {})[n] = pm / h if pm and h else None
+            summary.setdefault("poll_growth", {})[n] = pm / p10 if pm and p10 else None
             summary.setdefault("mixctl_growth", {})[n] = m / m10 if m and m10 else None
             summary.setdefault("haproxy_growth", {})[n] = h / h10 if h and h10 else None
-        title = ("mixctl poll() scale %s\n%s, %s CPUs, kernel %s, Debian %s; %d reps x %gs wrk -t1 -c%d keep-alive; "
+        title = ("mixctl epoll and poll() scale %s\n%s, %s CPUs, kernel %s, Debian %s; %d reps x %gs wrk -t1 -c%d keep-alive; "
                  "nice %d; CPUs busy before start %.0f%%") % (
             meta["date"], meta["cpu"], meta["cpus"], meta["kernel"], meta["debian"], len(rep_times), args.duration,
             args.wrk_conns, args.nice, meta["busy_before_pct"])

@@ -11,7 +11,15 @@ Layout of one run (see bench/README.md for the method):
 For each repetition and each target (order rotated per repetition):
   startup time (exec -> first HTTP 200 through the proxy), idle PSS, PSS with
   N1 and N2 idle connections, wrk Connection: close, wrk keep-alive, then a
-  proxy with the iperf3 config: iperf3 -P 1 and -P 4.
+  proxy with the iperf3 config: iperf3 -P 1 and -P 4. Then, for mixctl and
+  HAProxy only:
+  defaults  each as users run it (mixctl without -w: a worker per CPU; HAProxy
+            without nbthread: a thread per CPU), on --defaults-cpus (both
+            CPUs, unpinned; the load shares CPU 1): wrk keep-alive.
+  fdlimit   one process (mixctl -w 1, HAProxy nbthread 1) whose soft
+            RLIMIT_NOFILE leaves room for one relayed connection, wrk -c 8
+            Connection: close: how fast accepts resume when a descriptor frees.
+--workloads picks among http,bulk,defaults,fdlimit.
 """
 import argparse
 import ctypes
@@ -36,6 +44,10 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
 TARGETS = ["mixctl", "haproxy", "nginx", "direct"]
 PROXIES = ["mixctl", "haproxy", "nginx"]
+# mixctl under each wait backend: "mixctl" is the build's default (epoll on
+# Linux), "mixctl-poll" the portable poll() backend of the same binary.
+MIXCTL_BACKENDS = {"mixctl": [], "mixctl-epoll": ["env", "MIXCTL_POLLER=epoll"],
+                   "mixctl-poll": ["env", "MIXCTL_POLLER=poll"]}
 T0 = time.monotonic()
 
 
@@ -497,18 +509,22 @@ def proxy_argv(kind, setup, listen, ups, tag):
     d = os.path.join(setup.tmp, "%s-%s" % (kind, tag))
     os.makedirs(d, exist_ok=True)
     w = setup.args.workers
-    if kind == "mixctl":
+    defaults = getattr(setup, "defaults", False)  # what users run: no -w, no nbthread
+    if kind in MIXCTL_BACKENDS:
         to = ", ".join("%s:%d" % (LOOP, u) for u in ups)
         cfg = write(os.path.join(d, "rules.yaml"),
                     "version: 0.1\nrules:\n- name: bench\n  from: %s:%d\n  to: [%s]\n" % (LOOP, listen, to))
-        return [setup.bins["mixctl"], "-w", str(w), "-v=false", "-f", cfg]
+        # env execs mixctl: the pid is mixctl's
+        return MIXCTL_BACKENDS[kind] + [setup.bins["mixctl"]] + ([] if defaults else ["-w", str(w)]) + \
+            ["-v=false", "-f", cfg]
     if kind == "haproxy":
         servers = "".join("    server s%d %s:%d\n" % (i + 1, LOOP, u) for i, u in enumerate(ups))
         cfg = write(os.path.join(d, "haproxy.cfg"), (
-            "global\n    nbthread %d\n    maxconn %d\n\n"
+            "global\n%s    maxconn %d\n\n"
             "defaults\n    mode tcp\n    timeout connect 5s\n    timeout client 10m\n    timeout server 10m\n\n"
             "frontend fe\n    bind %s:%d\n    default_backend be\n\n"
-            "backend be\n    balance random(1)\n%s") % (w, setup.maxconn, LOOP, listen, servers))
+            "backend be\n    balance random(1)\n%s") % ("" if defaults else "    nbthread %d\n" % w, setup.maxconn,
+                                                   LOOP, listen, servers))
         return [setup.bins["haproxy"], "-db", "-f", cfg]
     if kind == "nginx":
         servers = "".join("        server %s:%d;\n" % (LOOP, u) for u in ups)
@@ -777,6 +793,98 @@ def measure_direct(setup):
     return res
 
 
+# ------------------------------------------------- default settings, fdlimit --
+
+def measure_defaults(kind, setup, rep):
+    """What users run: mixctl with no -w (one worker per CPU), HAProxy with no
+    nbthread (one thread per CPU), both free to use both CPUs (the load
+    shares CPU 1). wrk keep-alive: rate, p99, CPU per request."""
+    res = {}
+    keep = setup.proxy_cpus, setup.proxy_cpu_set
+    setup.defaults = True
+    setup.proxy_cpus = setup.args.defaults_cpus
+    setup.proxy_cpu_set = set(cpu_list(setup.proxy_cpus))
+    p = None
+    try:
+        p, port, _ = start_proxy_http_ready(kind, setup, "defaults-r%d" % rep)
+        time.sleep(0.3)
+        run_wrk(setup, port, False, None, {})  # warm-up: every worker/thread has seen traffic
+        r = run_wrk(setup, port, False, p.pid, res)
+        if r:
+            res.update({"def_ka_rate": r["rate"], "def_ka_p50_us": r["p50_us"], "def_ka_p99_us": r["p99_us"],
+                        "def_ka_cpu_us": r.get("cpu_us"), "def_ka_errors": r["errors"]})
+    finally:
+        setup.defaults = False
+        setup.proxy_cpus, setup.proxy_cpu_set = keep
+        if p is not None:
+            PROCS.stop(p)
+    return res
+
+
+def fd_numbers(pid):
+    try:
+        return {int(x) for x in os.listdir("/proc/%d/fd" % pid)}
+    except OSError:
+        return set()
+
+
+def limit_with_room(pid, room):
+    """The soft RLIMIT_NOFILE under which exactly `room` descriptor numbers
+    are free in pid (the kernel hands out the lowest free number)."""
+    held, n, free = fd_numbers(pid), 0, 0
+    while True:
+        if n not in held:
+            free += 1
+            if free > room:
+                return n
+        n += 1
+
+
+def prlimit_nofile(pid, soft):
+    """Sets pid's soft RLIMIT_NOFILE, keeping its hard limit (root cannot
+    raise a lowered hard limit again); returns the previous (soft, hard)."""
+    old = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+    resource.prlimit(pid, resource.RLIMIT_NOFILE, (soft, old[1]))
+    return old
+
+
+def measure_fdlimit(kind, setup, rep):
+    """Issue 20.4: one process (mixctl -w 1, HAProxy nbthread 1) whose soft
+    descriptor limit leaves room for one relayed connection (client +
+    upstream), eight clients looping connect/request/reply/close (wrk -c 8,
+    Connection: close). Requests per second: how soon accepts resume when a
+    descriptor frees."""
+    res = {}
+    keep = setup.args.workers, setup.args.close_conns
+    setup.args.workers, setup.args.close_conns = 1, 8
+    p = None
+    limited = []
+    try:
+        p, port, _ = start_proxy_http_ready(kind, setup, "fdlimit-r%d" % rep)
+        time.sleep(0.3)
+        http_get_once(port)
+        time.sleep(0.3)
+        procs = [pid for pid, pp in all_ppids().items() if pp == p.pid] if kind in MIXCTL_BACKENDS else [p.pid]
+        for pid in procs:
+            limited.append((pid, prlimit_nofile(pid, limit_with_room(pid, 2))))
+        r = run_wrk(setup, port, True, p.pid, res)
+        if r:
+            res.update({"fdlimit_rate": r["rate"], "fdlimit_errors": r["errors"], "fdlimit_p99_us": r["p99_us"],
+                        "fdlimit_failed_rate": r["errors"] / setup.args.duration})
+            if r.get("cpu_us"):
+                res["fdlimit_cpu_us"] = r["cpu_us"]
+    finally:
+        for pid, old in limited:
+            try:
+                resource.prlimit(pid, resource.RLIMIT_NOFILE, old)
+            except OSError:
+                pass
+        setup.args.workers, setup.args.close_conns = keep
+        if p is not None:
+            PROCS.stop(p)
+    return res
+
+
 def binary_sizes(setup):
     out = {}
     m = setup.bins["mixctl"]
@@ -816,6 +924,11 @@ METRICS = [
     ("kib_per_conn_1", "memory per idle conn (N1)", "KiB", "lo", "%.2f"),
     ("kib_per_conn_2", "memory per idle conn (N2)", "KiB", "lo", "%.2f"),
     ("startup_ms", "startup to first reply", "ms", "lo", "%.1f"),
+    ("def_ka_rate", "defaults (-w/threads = CPUs, unpinned): keep-alive req/s", "1/s", "hi", "%.0f"),
+    ("def_ka_p99_us", "defaults: keep-alive p99 latency", "us", "lo", "%.0f"),
+    ("def_ka_cpu_us", "defaults: CPU per request", "us", "lo", "%.2f"),
+    ("fdlimit_rate", "fdlimit: req/s with room for 1 conn, 8 clients", "1/s", "hi", "%.0f"),
+    ("fdlimit_failed_rate", "fdlimit: failed req/s (closed unanswered)", "1/s", "lo", "%.0f"),
     ("binary_kib", "binary size (stripped)", "KiB", "lo", "%.0f"),
     ("runq_wait_pct", "noise: proxy runnable, waiting for CPU", "% of time", "lo", "%.1f"),
 ]
@@ -894,8 +1007,13 @@ def parse_args():
     ap.add_argument("--nice", type=int, default=int(os.environ.get("BENCH_NICE", "-19" if os.geteuid() == 0 else "0")),
                     help="nice level (process and autogroup) for everything the bench runs (default -19 as root: "
                     "shields the figures from other work on a shared machine; 0 turns it off)")
+    ap.add_argument("--defaults-cpus", default=os.environ.get("BENCH_DEFAULTS_CPUS", "0,1"),
+                    help="CPUs for the default-settings workload (default 0,1: both, unpinned; the load shares one)")
+    ap.add_argument("--workloads", default=os.environ.get("BENCH_WORKLOADS", "http,bulk,defaults,fdlimit"),
+                    help="comma list from http,bulk,defaults,fdlimit (default all)")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs)")
     a = ap.parse_args()
+    a.workloads = {x.strip() for x in a.workloads.split(",") if x.strip()}
     a.reps = max(2, a.reps or (2 if a.quick else 3))
     a.duration = a.duration or (1 if a.quick else 4)
     a.startups = a.startups or (2 if a.quick else 3)
@@ -990,6 +1108,8 @@ def run(args):
     settings = {k: getattr(args, k) for k in ("quick", "reps", "duration", "workers", "proxy_cpus", "load_cpus",
                                                 "close_conns", "ka_conns", "conns1", "conns2", "startups")}
     settings["nofile"] = nofile
+    settings["workloads"] = sorted(args.workloads)
+    settings["defaults_cpus"] = args.defaults_cpus
     settings["nice"] = args.nice
     log("machine: %s, %s CPUs, kernel %s, load %.2f; proxy on CPU %s, load on CPU %s; %d reps x %ds runs"
         % (meta["cpu"], meta["cpus"], meta["kernel"], meta["loadavg_start"], args.proxy_cpus, args.load_cpus,
@@ -1017,10 +1137,17 @@ def run(args):
                     if t == "direct":
                         res.update(measure_direct(setup))
                     else:
-                        if setup.http_ports:
+                        if setup.http_ports and "http" in args.workloads:
                             res.update(measure_proxy_http(t, setup, rep))
-                        if bins["iperf3"]:
+                        if bins["iperf3"] and "bulk" in args.workloads:
                             res.update(measure_proxy_bulk(t, setup, rep))
+                        # the two proxies whose settings users leave alone and
+                        # whose accept path issue 20.4 compares
+                        if setup.http_ports and t in ("mixctl", "haproxy") and bins["wrk"]:
+                            if "defaults" in args.workloads:
+                                res.update(measure_defaults(t, setup, rep))
+                            if "fdlimit" in args.workloads:
+                                res.update(measure_fdlimit(t, setup, rep))
                 except (RuntimeError, OSError) as e:  # one target's failure does not end the run
                     log("%s: %s (rep %d keeps what was measured)" % (t, e, rep + 1))
                     res.setdefault("_failures", []).append(str(e))

@@ -239,3 +239,25 @@ TEST_CASE("the parsers see through the markup they are given", "[docs]") {
     CHECK(m.names == Names{"version", "V", "t"});
     CHECK(m.text["t"].find("(default 1.5s") != std::string::npos);
 }
+
+TEST_CASE("mixctl -h, README and mixctl.8 all document MIXCTL_POLLER and its backends; a bad value exits 1",
+          "[docs]") {
+    harness::RunResult r = harness::run({"-h"});
+    std::string readme = read_text("README.md"), man = read_text("mixctl.8");
+    CHECK(r.err.find("MIXCTL_POLLER=") != std::string::npos);
+    std::string readme_env = section(readme, "\n## Flags\n", "## ");
+    std::string man_env = section(man, "\n.SH ENVIRONMENT\n", ".SH ");
+    for (const char* word : {"MIXCTL_POLLER", "epoll", "poll"}) {
+        INFO(word);
+        CHECK(readme_env.find(word) != std::string::npos);
+        CHECK(man_env.find(word) != std::string::npos);
+    }
+    const char* was = getenv("MIXCTL_POLLER");  // the suite may run under MIXCTL_POLLER=poll
+    std::string saved = was ? was : "";
+    setenv("MIXCTL_POLLER", "kqueue", 1);
+    harness::RunResult bad = harness::run({"-f", "rules.example.yaml"});
+    if (was) setenv("MIXCTL_POLLER", saved.c_str(), 1);
+    else unsetenv("MIXCTL_POLLER");
+    CHECK(bad.exit.code == 1);
+    CHECK(bad.err.find("MIXCTL_POLLER=kqueue") != std::string::npos);
+}

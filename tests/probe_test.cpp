@@ -79,10 +79,10 @@ std::string fixed_port_rule(const std::string& name, const std::string& host, ui
 // with a connected socket on that port): then another port is tried.
 std::unique_ptr<Daemon> daemon_on_free_port(const std::string& name, const std::string& host,
                                             const std::vector<std::string>& to, const std::vector<std::string>& args,
-                                            uint16_t& port) {
+                                            uint16_t& port, const std::string& rule_extra = "") {
     for (int attempt = 0; attempt < 5; ++attempt) {
         port = free_port();
-        auto d = std::make_unique<Daemon>(rules_yaml({fixed_port_rule(name, host, port, to)}), args);
+        auto d = std::make_unique<Daemon>(rules_yaml({fixed_port_rule(name, host, port, to) + rule_extra}), args);
         if (d->port(name) == port) return d;
     }
     return nullptr;
@@ -119,6 +119,47 @@ TEST_CASE("probe passes when an upstream replies through the listener", "[probe]
     CHECK(rec.requests == 1);
     std::lock_guard<std::mutex> lock(rec.mutex);
     CHECK(rec.last == "HEAD / HTTP/1.0\r\n\r\n");
+}
+
+// An upstream that answers "PING" with `answer`, and records what it got.
+struct Pinged {
+    std::string answer;
+    std::atomic<int> pings{0};
+    Server::Handler handler() {
+        return [this](int fd) {
+            char buf[64];
+            ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+            if (n < 6 || std::string(buf, 6) != "PING\r\n") return;  // the checker's bare connects, or noise
+            ++pings;
+            send_all(fd, answer);
+        };
+    }
+};
+
+TEST_CASE("probe of a rule whose health check talks sends its send and judges its expect", "[probe]") {
+    const std::string check = "  health_check: {interval: 1s, timeout: 500ms, send: \"PING\\r\\n\", expect: \"+PONG\"}\n";
+    Pinged good{"+PONG\r\n"}, bad{"-LOADING Redis is loading\r\n"};
+    Server good_up(good.handler()), bad_up(bad.handler());
+    uint16_t port = 0;
+    std::unique_ptr<Daemon> answers =
+        daemon_on_free_port("redis", "127.0.0.1", {good_up.address()}, {"-w", "1", "-v=false"}, port, check);
+    REQUIRE(answers);
+    Probe ok = probe(answers->file(), "redis");
+    INFO(answers->log());
+    CHECK(ok.result.exit.code == 0);
+    CHECK(ok.result.out.find("upstream replied in ") != std::string::npos);
+    CHECK(ok.result.out.find("\"+PONG\"") != std::string::npos);
+    check_one_line(ok);
+    CHECK(good.pings >= 1);
+
+    std::unique_ptr<Daemon> loading =
+        daemon_on_free_port("redis", "127.0.0.1", {bad_up.address()}, {"-w", "1", "-v=false"}, port, check);
+    REQUIRE(loading);
+    Probe fail = probe(loading->file(), "redis");
+    INFO(loading->log());
+    CHECK(fail.result.exit.code == 1);
+    CHECK(fail.result.err.find("expected \"+PONG\", got \"-LOADING") != std::string::npos);
+    check_one_line(fail);
 }
 
 TEST_CASE("probe finds a wildcard listener by name and by address", "[probe]") {
@@ -227,6 +268,20 @@ TEST_CASE("probe of a rule name that does not exist names the rules there are", 
     Probe missing = probe(dir.path() + "/missing.yaml", "api");
     CHECK(missing.result.exit.code == 1);
     CHECK(missing.result.err == "probe failed: open " + dir.path() + "/missing.yaml: no such file or directory\n");
+}
+
+TEST_CASE("probe of a udp rule by name says it checks TCP listeners; by address it finds the TCP rule", "[probe][udp]") {
+    TempDir dir;
+    const std::string port = std::to_string(closed_port());
+    std::string file = dir.write("rules.yaml", "rules:\n- name: dns\n  protocol: udp\n  from: 127.0.0.1:" + port +
+                                                   "\n  to: [127.0.0.1:5353]\n- name: dns-tcp\n  from: 127.0.0.1:" +
+                                                   port + "\n  to: [127.0.0.1:5353]\n");
+    Probe by_name = probe(file, "dns");
+    CHECK(by_name.result.exit.code == 1);
+    CHECK(by_name.result.err == "probe failed: rule (dns) is protocol: udp; -probe checks TCP listeners\n");
+    Probe by_address = probe(file, "127.0.0.1:" + port);  // nothing listens: refused, but named for the TCP rule
+    CHECK(by_address.result.exit.code == 1);
+    CHECK(starts_with(by_address.result.err, "probe failed: (dns-tcp) 127.0.0.1:" + port + ": "));
 }
 
 TEST_CASE("probe fails when no upstream is reachable: mixctl closes without a reply", "[probe]") {
