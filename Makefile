@@ -16,6 +16,7 @@
 #   make bench           bench/run.py: mixctl against HAProxy, nginx stream and no proxy (~4 min)
 #   make bench-poll      bench/poll_scale.py: mixctl's poll() against HAProxy's epoll, CPU per
 #                        request with 10 to 10,000 idle connections (~2 min; BENCH_POLL_ARGS=-h)
+#   make bench-udp       bench/udp.py: UDP relay against nginx stream, DNS-like and bulk (~1 min)
 #   make bench-poll BENCH_POLL_ARGS="--workers 1,2,4,8 --wide 2"    the same at 10,000 idle
 #                        connections with mixctl -w 1..8 on CPU 0, and -w 2 on CPUs 0,1 (~2.5 min)
 # CXX, CXXFLAGS, LDFLAGS, PREFIX, DESTDIR and O (output folder, default .) are
@@ -144,13 +145,16 @@ bench: mixctl
 bench-poll: mixctl
 	python3 bench/poll_scale.py $(BENCH_POLL_ARGS)
 
+bench-udp: mixctl
+	python3 bench/udp.py $(BENCH_UDP_ARGS)
+
 clean:
 	rm -f $(BIN) $(O)/.mixctl.flags tests/unit tests/*.o
 	rm -rf build
 
 FORCE:
 
-.PHONY: all static test install clean bench bench-poll chaos chaos-scale FORCE test-embedded test-cross test-busybox test-openwrt \
+.PHONY: all static test install clean bench bench-poll bench-udp chaos chaos-scale FORCE test-embedded test-cross test-busybox test-openwrt \
 	test-install test-systemd test-ha
 
 # ---- fuzzing, sanitizers, valgrind (issue 5: "Proof") ----------------------

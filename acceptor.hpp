@@ -41,6 +41,9 @@ struct Listener {
     net::Fd fd;
     size_t rule = 0;
     std::string address;  // as bound, e.g. "127.0.0.1:41000"
+    uint16_t offset = 0;  // port - the rule's first port (port ranges)
+    config::Protocol protocol = config::Protocol::tcp;
+    int worker = -1;      // a UDP socket's worker (mixctl.cpp gives each its own); -1: shared by all
 };
 
 inline int64_t to_ms(Clock::time_point t) {

@@ -9,7 +9,9 @@
 // touches the network: names are resolved later, by the caller.
 #pragma once
 
+#include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -28,6 +30,19 @@ namespace config {
 using Duration = flags::Duration;
 
 enum class Strategy { random, round_robin, least_conn, source_hash };
+
+enum class Protocol { tcp, udp };
+
+inline const char* protocol_name(Protocol p) { return p == Protocol::udp ? "udp" : "tcp"; }
+
+// UDP defaults (documented in README and mixctl.8): a session with no
+// datagram either way for a minute ends. That outlasts the keepalives that
+// hold NAT state open (WireGuard 25 s, SIP 30 s) yet lets the sockets of
+// one-off clients go well before conntrack would (120 s).
+constexpr std::chrono::seconds udp_default_idle{60};
+// Sessions per UDP rule in each worker (each holds one socket).
+constexpr int udp_default_max_sessions = 4096;
+constexpr int responses_unlimited = -1;
 
 inline const char* strategy_name(Strategy s) {
     switch (s) {
@@ -69,6 +84,11 @@ struct Policy {
     int max_conns = 0;  // across all workers; 0: no limit
     int retries = -1;   // further upstreams a failed connect moves on to; -1: all of them
     std::vector<net::Cidr> allow, deny;
+    Protocol protocol = Protocol::tcp;
+    int responses = responses_unlimited;  // UDP: replies that end a session
+    int max_sessions = udp_default_max_sessions;  // UDP: per rule and worker
+    std::string source;                   // local address for upstream sockets; empty: the kernel's choice
+    int source_line = 0;
     // Listener settings (a route can not have its own: they act before one is chosen).
     int max_conns_per_client = 0;  // per client address, across all workers; 0: no limit
     bool accept_proxy = false;     // every connection starts with a PROXY v1/v2 header
@@ -80,7 +100,7 @@ struct Policy {
 // Keys that belong to the listener, not to a route's pool.
 inline bool listener_key(const std::string& key) {
     return key == "allow" || key == "deny" || key == "max_conns" || key == "max_conns_per_client" ||
-           key == "accept_proxy" || key == "proxy_trusted" || key == "preread_timeout";
+           key == "accept_proxy" || key == "proxy_trusted" || key == "preread_timeout" || key == "protocol";
 }
 
 struct Upstream {
@@ -90,6 +110,12 @@ struct Upstream {
     int weight = 1;
     bool backup = false;  // gets traffic only while no primary is up
     int max_conns = 0;    // live connections across all workers; 0: no limit
+    // The port follows the listener's: upstream port = where.port + (the
+    // port the client reached - the rule's first port). Set for a port range
+    // (`to: [h:50000-50009]`) and for `to: [h]` without a port.
+    bool ranged = false;
+    std::string source;   // overrides the rule's source
+    int source_line = 0;
 };
 
 struct Rule;
@@ -108,9 +134,14 @@ struct Rule {
     std::vector<SniName> sni;    // a route's names
     std::vector<Rule> routes;    // SNI routes, tried before the default pool (`to`)
     std::string from_text;
-    net::HostPort from;
+    net::HostPort from;   // a range starts at from.port
+    uint16_t from_last = 0;  // last port of the range (== from.port for one port)
     int line = 0;         // where the rule starts
     int from_line = 0;
+    size_t ports() const { return static_cast<size_t>(from_last - from.port) + 1; }
+    // The source address upstream `u` binds to before connecting, or "".
+    const std::string& source_of(size_t u) const { return to[u].source.empty() ? policy.source : to[u].source; }
+    int source_line_of(size_t u) const { return to[u].source.empty() ? policy.source_line : to[u].source_line; }
     std::vector<Upstream> to;
     Policy policy;
     // Reads the first bytes of a connection before dialing.
@@ -158,6 +189,54 @@ struct Diagnostics {
     std::vector<std::string> errors;    // "file:line: message"
     std::vector<std::string> warnings;  // "file:line: warning: message"
 };
+
+// "host:port", "host:first-last" and, when allow_no_port, a bare "host" or
+// "[v6]" (then has_port is false). On failure `error` says what is wrong.
+inline bool parse_endpoint(std::string_view text, bool allow_port_zero, bool allow_no_port, net::HostPort& out,
+                           uint16_t& last, bool& has_port, std::string& error) {
+    bool bracketed = !text.empty() && text.front() == '[';
+    size_t port_colon = std::string_view::npos;
+    if (bracketed) {
+        size_t close = text.find(']');
+        if (close != std::string_view::npos && close + 1 < text.size() && text[close + 1] == ':') port_colon = close + 1;
+        else if (close != std::string_view::npos && close + 1 == text.size()) port_colon = std::string_view::npos;
+        else return net::parse_host_port(text, allow_port_zero, out, error);  // its message
+    } else {
+        port_colon = text.rfind(':');
+    }
+    if (port_colon == std::string_view::npos) {
+        if (!allow_no_port) return net::parse_host_port(text, allow_port_zero, out, error);
+        std::string_view host = bracketed ? text.substr(1, text.size() - 2) : text;
+        net::HostPort probe;
+        // The host is checked by parsing it with a placeholder port.
+        std::string with_port = (bracketed ? "[" + std::string(host) + "]" : std::string(host)) + ":1";
+        if (!net::parse_host_port(with_port, false, probe, error)) return false;
+        out.host = probe.host;
+        out.port = 0;
+        last = 0;
+        has_port = false;
+        return true;
+    }
+    has_port = true;
+    std::string_view head = text.substr(0, port_colon + 1);
+    std::string_view ports = text.substr(port_colon + 1);
+    size_t dash = ports.find('-');
+    if (!net::parse_host_port(std::string(head) + std::string(ports.substr(0, dash)), allow_port_zero, out, error))
+        return false;
+    last = out.port;
+    if (dash == std::string_view::npos) return true;
+    net::HostPort end;
+    if (out.port == 0 || !net::parse_host_port(std::string(head) + std::string(ports.substr(dash + 1)), false, end, error)) {
+        if (out.port == 0) error = "port 0 cannot start a range";
+        return false;
+    }
+    if (end.port < out.port) {
+        error = "port range " + std::string(ports) + " runs backwards";
+        return false;
+    }
+    last = end.port;
+    return true;
+}
 
 namespace detail {
 
@@ -212,7 +291,9 @@ private:
             bool ok = build_rule(item, rule);
             // A rule with other errors still claims its listener, so a clash
             // with it is reported in the same pass.
-            if (rule.from_line) listeners_.push_back({rule.from, rule.from_text, rule.from_line, rule.name});
+            if (rule.from_line)
+                listeners_.push_back({rule.from, rule.from_last, rule.policy.protocol, rule.from_text, rule.from_line,
+                                      rule.name});
             if (ok) out.rules.push_back(std::move(rule));
         }
     }
@@ -228,14 +309,20 @@ private:
         const yaml_lite::Node* name = nullptr;
         const yaml_lite::Node* from = nullptr;
         const yaml_lite::Node* to = nullptr;
+        std::vector<SetKey> own;  // policy keys written on this rule
         const yaml_lite::Node* routes = nullptr;
+        int routes_line = 0;
         for (const yaml_lite::Entry& entry : node.entries) {
             if (entry.key == "name") name = &entry.value;
             else if (entry.key == "from") from = &entry.value;
             else if (entry.key == "to") to = &entry.value;
-            else if (entry.key == "routes") routes = &entry.value;
-            else if (!policy_key(entry, rule.policy)) warn(entry.line, "unknown key \"" + entry.key + "\" ignored");
+            else if (entry.key == "routes") {
+                routes = &entry.value;
+                routes_line = entry.line;
+            } else if (policy_key(entry, rule.policy)) own.push_back({entry.key, entry.line});
+            else warn(entry.line, "unknown key \"" + entry.key + "\" ignored");
         }
+        fit_protocol(rule.policy, own);
         if (!from) error(node.line, "rule: missing \"from:\"");
         else parse_from(*from, rule);
         // With routes, `to` is optional: without it a connection that
@@ -247,8 +334,70 @@ private:
             else if (name->kind != yaml_lite::Kind::Null) error(name->line, "name: must be a string");
         }
         if (rule.name.empty()) rule.name = rule.from_text;
-        if (routes) parse_routes(*routes, rule);  // after the name: a route's pool carries it
+        if (routes && rule.policy.protocol == Protocol::udp)
+            error(routes_line, "routes: means nothing for a udp rule (SNI routes are chosen by a TCP ClientHello)");
+        else if (routes) parse_routes(*routes, rule);  // after the name: a route's pool carries it
         return diag_.errors.size() == errors_before;
+    }
+
+    struct SetKey {
+        std::string key;
+        int line;
+    };
+
+    // Keys that mean something for one protocol only. Written on a rule of
+    // the other protocol they are an error on their own line; inherited from
+    // `defaults:` they are left out for that rule.
+    static bool fits(const std::string& key, Protocol protocol) {
+        // max_conns_per_client is counted per TCP connection only: UDP
+        // sessions do not take places in the client table (yet).
+        static const std::vector<std::string> tcp_only = {
+            "connect_timeout", "halfclose_timeout", "proxy_protocol", "max_conns",      "health_check",
+            "retries",         "accept_proxy",      "proxy_trusted",  "preread_timeout", "max_conns_per_client"};
+        static const std::vector<std::string> udp_only = {"responses", "max_sessions"};
+        const std::vector<std::string>& other = protocol == Protocol::udp ? tcp_only : udp_only;
+        return std::find(other.begin(), other.end(), key) == other.end();
+    }
+
+    void fit_protocol(Policy& policy, const std::vector<SetKey>& own) {
+        const Protocol protocol = policy.protocol;
+        auto written = [&](const std::string& key) {
+            for (const SetKey& k : own)
+                if (k.key == key) return true;
+            return false;
+        };
+        for (const SetKey& k : own)
+            if (!fits(k.key, protocol))
+                error(k.line, k.key + ": means nothing for a " + protocol_name(protocol) + " rule (only for protocol: " +
+                                  (protocol == Protocol::udp ? "tcp" : "udp") + ")");
+        for (const SetKey& k : defaults_keys_)
+            if (!fits(k.key, protocol) && !written(k.key)) reset_key(policy, k.key);
+        if (protocol == Protocol::udp && !written("idle_timeout")) {
+            bool from_defaults = false;
+            for (const SetKey& k : defaults_keys_) from_defaults = from_defaults || k.key == "idle_timeout";
+            if (!from_defaults || policy.idle_timeout.count() == 0) policy.idle_timeout = udp_default_idle;
+        }
+        if (protocol == Protocol::udp && policy.idle_timeout.count() == 0)
+            for (const SetKey& k : own)
+                if (k.key == "idle_timeout")
+                    error(k.line, "idle_timeout: 0 would keep udp sessions forever; want more than 0 (default " +
+                                      flags::format_duration(udp_default_idle) + ")");
+    }
+
+    static void reset_key(Policy& policy, const std::string& key) {
+        const Policy fresh;
+        if (key == "connect_timeout") policy.connect_timeout = fresh.connect_timeout;
+        else if (key == "halfclose_timeout") policy.halfclose_timeout = fresh.halfclose_timeout;
+        else if (key == "proxy_protocol") policy.proxy = fresh.proxy;
+        else if (key == "max_conns") policy.max_conns = fresh.max_conns;
+        else if (key == "health_check") policy.health = fresh.health;
+        else if (key == "responses") policy.responses = fresh.responses;
+        else if (key == "max_sessions") policy.max_sessions = fresh.max_sessions;
+        else if (key == "retries") policy.retries = fresh.retries;
+        else if (key == "accept_proxy") policy.accept_proxy = fresh.accept_proxy;
+        else if (key == "proxy_trusted") policy.proxy_trusted = fresh.proxy_trusted;
+        else if (key == "preread_timeout") policy.preread_timeout = fresh.preread_timeout;
+        else if (key == "max_conns_per_client") policy.max_conns_per_client = fresh.max_conns_per_client;
     }
 
     // routes: [{sni: [names], to: [...], name: label, <pool settings>}]
@@ -266,6 +415,12 @@ private:
             route.line = item.line;
             route.name = rule.name;
             route.policy = rule.policy;
+            // A route's ports follow its rule's listener: a ranged upstream
+            // (`to: [h]`, `to: [h:50000-50009]`) means the same in a route.
+            route.from = rule.from;
+            route.from_last = rule.from_last;
+            route.from_line = rule.from_line;
+            route.from_text = rule.from_text;
             const yaml_lite::Node *sni = nullptr, *to = nullptr, *name = nullptr;
             for (const yaml_lite::Entry& entry : item.entries) {
                 if (entry.key == "sni") sni = &entry.value;
@@ -274,6 +429,8 @@ private:
                 else if (listener_key(entry.key))
                     error(entry.line, entry.key + ": is a setting of the rule (its listener), not of a route");
                 else if (!policy_key(entry, route.policy)) warn(entry.line, "unknown key \"" + entry.key + "\" ignored");
+                else if (!fits(entry.key, Protocol::tcp))
+                    error(entry.line, entry.key + ": means nothing for a tcp rule (only for protocol: udp)");
             }
             if (!sni) error(item.line, "route: missing \"sni:\"");
             else parse_sni(*sni, rule, route);
@@ -360,8 +517,10 @@ private:
             return;
         }
         std::string why;
-        if (!net::parse_host_port(node.scalar, true, rule.from, why)) {
+        bool has_port = true;
+        if (!parse_endpoint(node.scalar, true, false, rule.from, rule.from_last, has_port, why)) {
             error(node.line, "from: \"" + node.scalar + "\": " + why);
+            rule.from_line = 0;  // claims no listener
             return;
         }
         rule.from_text = node.scalar;
@@ -395,7 +554,7 @@ private:
         add_upstream_address(node, rule, Upstream());
     }
 
-    // - {address: 10.0.0.5:6443, weight: 3, backup: true}
+    // - {address: 10.0.0.5:6443, weight: 3, backup: true, source: 10.0.0.1}
     void add_upstream_mapping(const yaml_lite::Node& node, Rule& rule) {
         Upstream upstream;
         const yaml_lite::Node* address = nullptr;
@@ -404,6 +563,7 @@ private:
             else if (entry.key == "weight") read_int(entry, 1, 1000000, upstream.weight);
             else if (entry.key == "backup") read_bool(entry, upstream.backup);
             else if (entry.key == "max_conns") read_int(entry, 0, 10000000, upstream.max_conns);
+            else if (entry.key == "source") read_source(entry, upstream.source, upstream.source_line);
             else warn(entry.line, "unknown key \"" + entry.key + "\" ignored");
         }
         if (!address || address->kind != yaml_lite::Kind::Scalar || address->scalar.empty()) {
@@ -413,15 +573,35 @@ private:
         add_upstream_address(*address, rule, upstream);
     }
 
+    // Needs the rule's from: parsed first (a range decides what a port-less
+    // or ranged upstream means).
     void add_upstream_address(const yaml_lite::Node& node, Rule& rule, Upstream upstream) {
         std::string why;
-        if (!net::parse_host_port(node.scalar, false, upstream.where, why)) {
+        uint16_t last = 0;
+        bool has_port = true;
+        const bool from_range = rule.from_line && rule.from_last != rule.from.port;
+        if (!parse_endpoint(node.scalar, false, from_range, upstream.where, last, has_port, why)) {
+            if (!from_range && rule.from_line && why.find("missing port") != std::string::npos)
+                why += "; only a rule whose from: is a port range may leave the port out";
             error(node.line, "to: \"" + node.scalar + "\": " + why);
             return;
         }
         if (upstream.where.host.empty()) {
             error(node.line, "to: \"" + node.scalar + "\": missing host (want host:port)");
             return;
+        }
+        if (!has_port) {
+            upstream.where.port = rule.from.port;  // the port the client reached
+            upstream.ranged = true;
+        } else if (last != upstream.where.port) {
+            size_t length = static_cast<size_t>(last - upstream.where.port) + 1;
+            if (!rule.from_line || length != rule.ports()) {
+                error(node.line, "to: \"" + node.scalar + "\": a range of " + std::to_string(length) +
+                                     " ports needs a from: range of the same length (from: has " +
+                                     std::to_string(rule.from_line ? rule.ports() : 1) + ")");
+                return;
+            }
+            upstream.ranged = true;
         }
         upstream.text = node.scalar;
         upstream.line = node.line;
@@ -457,8 +637,10 @@ private:
             error(node.line, "defaults: must be a mapping of rule settings");
             return;
         }
-        for (const yaml_lite::Entry& entry : node.entries)
-            if (!policy_key(entry, defaults_)) warn(entry.line, "unknown key \"" + entry.key + "\" ignored");
+        for (const yaml_lite::Entry& entry : node.entries) {
+            if (policy_key(entry, defaults_)) defaults_keys_.push_back({entry.key, entry.line});
+            else warn(entry.line, "unknown key \"" + entry.key + "\" ignored");
+        }
     }
 
     // Returns false for keys that are not policy settings.
@@ -477,12 +659,39 @@ private:
         else if (key == "retries") read_int(entry, 0, 1000, policy.retries);
         else if (key == "allow") read_cidrs(entry, policy.allow);
         else if (key == "deny") read_cidrs(entry, policy.deny);
+        else if (key == "protocol") read_protocol(entry, policy.protocol);
+        else if (key == "responses") read_int(entry, 0, 1000000000, policy.responses);
+        else if (key == "max_sessions") read_int(entry, 1, 10000000, policy.max_sessions);
+        else if (key == "source") read_source(entry, policy.source, policy.source_line);
         else if (key == "max_conns_per_client") read_int(entry, 0, 65535, policy.max_conns_per_client);
         else if (key == "accept_proxy") read_bool(entry, policy.accept_proxy);
         else if (key == "proxy_trusted") read_cidrs(entry, policy.proxy_trusted);
         else if (key == "preread_timeout") read_duration(entry, false, policy.preread_timeout);
         else return false;
         return true;
+    }
+
+    void read_protocol(const yaml_lite::Entry& entry, Protocol& out) {
+        const std::string& t = entry.value.scalar;
+        if (entry.value.kind == yaml_lite::Kind::Scalar && (t == "tcp" || t == "udp")) {
+            out = t == "udp" ? Protocol::udp : Protocol::tcp;
+            return;
+        }
+        error(entry.value.line, "protocol: \"" + t + "\" must be tcp or udp");
+    }
+
+    // An IP address (not a name: the source must be one of this host's own
+    // addresses, which the start-up checks by binding to it).
+    void read_source(const yaml_lite::Entry& entry, std::string& out, int& line) {
+        const std::string& t = entry.value.scalar;
+        unsigned char ip[16];
+        if (entry.value.kind == yaml_lite::Kind::Scalar &&
+            (inet_pton(AF_INET, t.c_str(), ip) == 1 || inet_pton(AF_INET6, t.c_str(), ip) == 1)) {
+            out = t;
+            line = entry.value.line;
+            return;
+        }
+        error(entry.value.line, "source: \"" + t + "\" must be an IPv4 or IPv6 address of this host, like 127.0.0.2");
     }
 
     void read_strategy(const yaml_lite::Entry& entry, Strategy& out) {
@@ -606,21 +815,38 @@ private:
         out = entry.value.scalar;
     }
 
-    // Two rules on one address would fail at bind time with a vaguer message.
+    // Two rules on one address would fail at bind time with a vaguer
+    // message. Port ranges overlap when they share a port; a wildcard host
+    // overlaps every address; TCP and UDP on one port do not clash (DNS uses both).
     void check_duplicate_listeners() {
         for (size_t i = 0; i < listeners_.size(); ++i) {
             const Claim& later = listeners_[i];
             if (later.where.port == 0) continue;  // each port 0 binds its own ephemeral port
             for (size_t j = 0; j < i; ++j) {
                 const Claim& earlier = listeners_[j];
+                if (earlier.protocol != later.protocol || earlier.where.port == 0) continue;
+                if (later.where.port > earlier.last || earlier.where.port > later.last) continue;
                 if (same_listener(earlier.where, later.where)) {
                     error(later.line, "from: \"" + later.text + "\" is already used by rule \"" + earlier.rule +
                                           "\" at line " + std::to_string(earlier.line));
                     break;
                 }
+                if (wildcard(earlier.where.host) || wildcard(later.where.host)) {
+                    error(later.line, "from: \"" + later.text + "\" overlaps rule \"" + earlier.rule + "\" (from: \"" +
+                                          earlier.text + "\" at line " + std::to_string(earlier.line) + ")");
+                    break;
+                }
+                if (earlier.last != earlier.where.port || later.last != later.where.port) {
+                    if (lowercase(earlier.where.host) == lowercase(later.where.host))
+                        error(later.line, "from: \"" + later.text + "\" overlaps rule \"" + earlier.rule +
+                                              "\" (from: \"" + earlier.text + "\" at line " +
+                                              std::to_string(earlier.line) + ")");
+                }
             }
         }
     }
+
+    static bool wildcard(const std::string& host) { return host.empty() || host == "0.0.0.0" || host == "::"; }
 
     static bool same_listener(const net::HostPort& a, const net::HostPort& b) {
         if (a.port != b.port) return false;
@@ -636,8 +862,11 @@ private:
     const std::string& file_;
     Diagnostics& diag_;
     Policy defaults_;
+    std::vector<SetKey> defaults_keys_;
     struct Claim {
         net::HostPort where;
+        uint16_t last;
+        Protocol protocol;
         std::string text;
         int line;
         std::string rule;

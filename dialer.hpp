@@ -36,6 +36,7 @@ struct Dial {
     net::SockAddr dialed;
     size_t target = 0;
     bool holds_place = false;  // counted in the target's active since its dial began (Dialer::release)
+    uint16_t offset = 0;  // the client's port - the rule's first port: where a ranged upstream goes
 
     // Ready for the next connection, keeping order's capacity.
     void reset() {
@@ -45,8 +46,13 @@ struct Dial {
         only_local_errors = true;
         target = 0;
         holds_place = false;
+        offset = 0;
     }
 };
+
+// Per pool (config::pools order: a rule's own, then its routes'), per upstream:
+// the address upstream sockets bind to (length 0: none).
+using Sources = std::vector<std::vector<net::SockAddr>>;
 
 enum class Outcome {
     connected,   // the socket is connected already
@@ -58,8 +64,9 @@ enum class Outcome {
 class Dialer {
 public:
     // worker: this worker's row in the shared active counts.
-    Dialer(const upstreams::Shared& shared, const mixlog::Logger& log, Clock::duration default_timeout, size_t worker)
-        : shared_(shared), log_(log), default_timeout_(default_timeout), worker_(worker) {
+    Dialer(const upstreams::Shared& shared, const mixlog::Logger& log, Clock::duration default_timeout, size_t worker,
+           const Sources* sources = nullptr)
+        : shared_(shared), log_(log), default_timeout_(default_timeout), worker_(worker), sources_(sources) {
         random_state_ = static_cast<uint64_t>(getpid()) * 0x9E3779B97F4A7C15ULL ^
                         static_cast<uint64_t>(Clock::now().time_since_epoch().count());
     }
@@ -95,7 +102,8 @@ public:
             }
             ++d.address;
             ++d.attempts;
-            int rc = net::dial_start(d.dialed, upstream);
+            if (pool.rule->to[d.target].ranged) d.dialed.set_port(static_cast<uint16_t>(d.dialed.port() + d.offset));
+            int rc = net::dial_start(d.dialed, upstream, source_of(pool_index, d.target));
             if (rc == 0) return Outcome::connected;
             if (rc == EINPROGRESS) return Outcome::connecting;
             if (out_of_resources(rc)) {
@@ -144,8 +152,16 @@ public:
         return default_timeout_;
     }
 
-    const std::string& target_text(size_t pool_index, const Dial& d) const {
-        return shared_.pool(pool_index).rule->to[d.target].text;
+    // A ranged upstream is shown as dialed ("127.0.0.1:30007"), not as written.
+    std::string target_text(size_t pool_index, const Dial& d) const {
+        const config::Upstream& up = shared_.pool(pool_index).rule->to[d.target];
+        return up.ranged ? d.dialed.text() : up.text;
+    }
+
+    const net::SockAddr* source_of(size_t pool_index, size_t target) const {
+        if (!sources_ || pool_index >= sources_->size() || target >= (*sources_)[pool_index].size()) return nullptr;
+        const net::SockAddr& s = (*sources_)[pool_index][target];
+        return s.length ? &s : nullptr;
     }
 
     static bool out_of_resources(int err) {
@@ -156,7 +172,7 @@ private:
     void log_error(size_t pool_index, Dial& d, const std::string& why, Clock::time_point now) {
         d.last_error = why;
         std::string address = d.dialed.text();
-        const std::string& text = target_text(pool_index, d);
+        const std::string text = target_text(pool_index, d);
         std::string more;
         if (!throttle_.allow("dial " + text, now, more)) return;
         if (address == text)
@@ -198,6 +214,7 @@ private:
     const mixlog::Logger& log_;
     Clock::duration default_timeout_;
     size_t worker_;
+    const Sources* sources_;
     mixlog::Throttle throttle_;
     Clock::time_point quiet_fail_open_until_{};
     uint64_t random_state_;

@@ -53,6 +53,8 @@ inline std::string render(const upstreams::Shared& shared, int64_t now_ms) {
         {"mixctl_upstream_weight", "gauge", "The upstream's weight now (the control socket may have changed it)."},
         {"mixctl_upstream_state", "gauge",
          "1 for the upstream's state now (up, down, disabled, draining), 0 for the others."},
+        {"mixctl_upstream_datagrams_in_total", "counter", "UDP datagrams relayed from clients to the upstream."},
+        {"mixctl_upstream_datagrams_out_total", "counter", "UDP datagrams relayed from the upstream to clients."},
     };
     static const char* const states[] = {"up", "down", "disabled", "draining"};
     std::string out;
@@ -85,7 +87,9 @@ inline std::string render(const upstreams::Shared& shared, int64_t now_ms) {
                     case 5: v = s.bytes_out.load(); break;
                     case 6: v = s.client_resets.load(); break;
                     case 7: v = s.upstream_resets.load(); break;
-                    default: v = s.weight.load(); break;
+                    case 8: v = s.weight.load(); break;
+                    case 10: v = s.datagrams_in.load(); break;
+                    default: v = s.datagrams_out.load(); break;
                 }
                 snprintf(value, sizeof value, "%llu", v);
                 out += std::string(families[f].name) + labels + "} " + value + "\n";
@@ -107,6 +111,28 @@ inline std::string render(const upstreams::Shared& shared, int64_t now_ms) {
             snprintf(value, sizeof value, "%llu", reason.second);
             out += "mixctl_rule_refused_total{rule=\"" + label(pool.rule->name) + "\",reason=\"" + reason.first + "\"} " +
                    value + "\n";
+        }
+    }
+    // Per UDP rule: what its bounded session table and full buffers cost.
+    static const Family rule_families[] = {
+        {"mixctl_rule_sessions_evicted_total", "counter", "UDP sessions ended to make room under max_sessions."},
+        {"mixctl_rule_datagrams_dropped_total", "counter", "UDP datagrams not relayed (no socket, full buffer, too big)."},
+        {"mixctl_rule_sessions_lost_total", "counter", "UDP sessions of a worker that died without ending them."},
+    };
+    for (size_t f = 0; f < sizeof rule_families / sizeof rule_families[0]; ++f) {
+        bool any = false;
+        for (size_t r = 0; r < shared.rules(); ++r) {
+            const upstreams::Pool& pool = shared.rule_pool(r);
+            if (pool.rule->policy.protocol != config::Protocol::udp) continue;
+            if (!any) {
+                out += std::string("# HELP ") + rule_families[f].name + " " + rule_families[f].help + "\n";
+                out += std::string("# TYPE ") + rule_families[f].name + " " + rule_families[f].type + "\n";
+                any = true;
+            }
+            unsigned long long v = f == 0 ? pool.state->evicted.load() : f == 1 ? pool.state->dropped.load()
+                                                                               : pool.state->lost.load();
+            snprintf(value, sizeof value, "%llu", v);
+            out += std::string(rule_families[f].name) + "{rule=\"" + label(pool.rule->name) + "\"} " + value + "\n";
         }
     }
     return out;

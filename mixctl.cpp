@@ -32,6 +32,7 @@
 #include "probe.hpp"
 #include "signals.hpp"
 #include "poller.hpp"
+#include "udp_relay.hpp"
 #include "upstreams.hpp"
 #include "worker.hpp"
 #ifdef MIXCTL_STATIC
@@ -50,9 +51,33 @@ using Clock = std::chrono::steady_clock;
 
 struct Plan {
     std::vector<net::SockAddr> metrics;                             // where GET /metrics listens
-    std::vector<std::vector<net::SockAddr>> binds;                  // per rule: addresses to listen on
+    std::vector<std::vector<net::SockAddr>> binds;                  // per rule: addresses to listen on (first port)
     std::vector<std::vector<std::vector<net::SockAddr>>> upstreams;  // per pool (config::pools), per upstream
+    dialer::Sources sources;                                         // per pool, per upstream (length 0: none)
 };
+
+// A source address must be one of ours: checked when the file is read, so
+// -check, the start and a reload all refuse it (a reload keeps the old rules).
+bool check_source(const std::string& text, std::vector<net::SockAddr>& targets, const std::string& at,
+                  net::SockAddr& out, config::Diagnostics& diag) {
+    if (text.empty()) return true;
+    std::string why;
+    if (!net::parse_ip(text, 0, out) || !net::is_local_address(out, why)) {
+        diag.errors.push_back(at + "source: " + text + " is not an address of this host (" + why + ")");
+        return false;
+    }
+    // A socket bound to an IPv4 source cannot reach an IPv6 upstream.
+    std::vector<net::SockAddr> kept;
+    for (const net::SockAddr& a : targets)
+        if (a.family() == out.family()) kept.push_back(a);
+    if (kept.empty() && !targets.empty()) {
+        diag.errors.push_back(at + "source: " + text + ": the upstream has no " +
+                              (out.family() == AF_INET ? "IPv4" : "IPv6") + " address to reach from it");
+        return false;
+    }
+    targets = std::move(kept);
+    return true;
+}
 
 // Resolves every name now, so a typo fails at start (and in -check), not on
 // the first connection.
@@ -66,12 +91,17 @@ bool resolve_all(const config::Config& cfg, const std::string& file, Plan& plan,
     }
     for (const config::Rule* pool : config::pools(cfg)) {
         std::vector<std::vector<net::SockAddr>> targets;
-        for (const config::Upstream& up : pool->to) {
+        std::vector<net::SockAddr> sources;
+        for (size_t u = 0; u < pool->to.size(); ++u) {
+            const config::Upstream& up = pool->to[u];
             targets.emplace_back();
+            sources.emplace_back();
             std::string why;
             if (!net::resolve(up.where, false, targets.back(), why)) diag.errors.push_back(at(up.line) + "to: " + why);
+            else check_source(pool->source_of(u), targets.back(), at(pool->source_line_of(u)), sources.back(), diag);
         }
         plan.upstreams.push_back(std::move(targets));
+        plan.sources.push_back(std::move(sources));
     }
     std::string why;
     if (cfg.has_metrics && !net::resolve(cfg.metrics, true, plan.metrics, why))
@@ -88,21 +118,54 @@ bool load(const std::string& file, const mixlog::Logger& log, config::Config& cf
     return ok;
 }
 
+// One line per rule and address: a port range shows as first-last, a UDP
+// rule's per-worker sockets as one.
 void log_forwarding(const config::Config& cfg, const std::vector<worker::Listener>& listeners,
                     const mixlog::Logger& log) {
     for (const worker::Listener& l : listeners) {
+        if (l.offset != 0 || l.worker > 0) continue;
         const config::Rule& rule = cfg.rules[l.rule];
         std::string to;
         for (const config::Upstream& up : rule.to) to += (to.empty() ? "" : " ") + up.text;
-        log.print("Forwarding (%s) from: %s to: [%s]", rule.name.c_str(), l.address.c_str(), to.c_str());
+        std::string last = rule.ports() > 1 ? "-" + std::to_string(rule.from_last) : "";
+        const char* udp = rule.policy.protocol == config::Protocol::udp ? " protocol=udp" : "";
+        log.print("Forwarding (%s) from: %s%s to: [%s]%s", rule.name.c_str(), l.address.c_str(), last.c_str(),
+                  to.c_str(), udp);
         for (const config::Rule& route : rule.routes) {
             std::string names, targets;
             for (const config::SniName& n : route.sni) names += (names.empty() ? "" : " ") + std::string(n.wildcard ? "*" : "") + n.name;
             for (const config::Upstream& up : route.to) targets += (targets.empty() ? "" : " ") + up.text;
-            log.print("Forwarding (%s) from: %s sni: [%s] to: [%s]", rule.name.c_str(), l.address.c_str(),
+            log.print("Forwarding (%s) from: %s%s sni: [%s] to: [%s]", rule.name.c_str(), l.address.c_str(), last.c_str(),
                       names.c_str(), targets.c_str());
         }
     }
+}
+
+// Descriptors the file needs: the parent holds every listening socket; a
+// worker holds them too, plus one socket per UDP session (up to
+// max_sessions per UDP rule). mixctl raises its soft limit to the hard one
+// at start, so the hard limit is what counts.
+void report_sockets(const config::Config& cfg, const Plan& plan, size_t workers, const mixlog::Logger& log) {
+    size_t listening = 0, sessions = 0;
+    bool special = false;
+    for (size_t r = 0; r < cfg.rules.size(); ++r) {
+        const config::Rule& rule = cfg.rules[r];
+        bool udp = rule.policy.protocol == config::Protocol::udp;
+        special = special || udp || rule.ports() > 1;
+        size_t per_port = udp ? static_cast<size_t>(udp_relay::sockets_per_port(workers)) : 1;
+        listening += plan.binds[r].size() * rule.ports() * per_port;
+        if (udp) sessions += static_cast<size_t>(rule.policy.max_sessions);
+    }
+    listening += cfg.has_metrics;
+    rlimit lim{};
+    getrlimit(RLIMIT_NOFILE, &lim);
+    const size_t needed = listening + sessions + 16;  // 16: the process's own pipes, logs and so on
+    const bool over = lim.rlim_max != RLIM_INFINITY && needed > lim.rlim_max;
+    if (!special && !over) return;
+    log.print("%ssockets: %zu listening (%zu workers) + up to %zu for UDP sessions per worker; RLIMIT_NOFILE %llu%s",
+              over ? "warning: " : "", listening, workers, sessions,
+              static_cast<unsigned long long>(lim.rlim_max),
+              over ? ": raise the limit (ulimit -n, LimitNOFILE=) or lower max_sessions or the ranges" : "");
 }
 
 // Every connection costs two descriptors; the soft limit is often 1024.
@@ -147,36 +210,66 @@ struct Generation {
 
 // The previous generation's socket for this address, duplicated: the very
 // same listening socket, so no SYN is refused while a reload happens.
-net::Fd reuse_listener(const net::SockAddr& addr, const Generation* previous) {
+net::Fd reuse_listener(const net::SockAddr& addr, config::Protocol protocol, int owner, const Generation* previous) {
     if (!previous || addr.port() == 0) return net::Fd();
     std::string wanted = addr.text();
     for (const worker::Listener& l : previous->listeners)
-        if (l.fd && l.address == wanted) {
+        if (l.fd && l.address == wanted && l.protocol == protocol && l.worker == owner) {
             net::Fd copy(fcntl(l.fd.get(), F_DUPFD_CLOEXEC, 0));
             if (copy) return copy;
         }
     return net::Fd();
 }
 
-// Binds (or takes over) every listener, or none.
+// A TCP port: one listening socket for all workers. A UDP port: one
+// SO_REUSEPORT socket per worker (see udp_relay.hpp for why).
+bool bind_one(Generation& gen, size_t r, const net::SockAddr& addr, uint16_t offset, int backlog,
+              const Generation* previous, const mixlog::Logger& log) {
+    const config::Rule& rule = gen.cfg.rules[r];
+    const bool udp = rule.policy.protocol == config::Protocol::udp;
+    const int owners = udp ? udp_relay::sockets_per_port(gen.workers) : 1;
+    uint16_t first_port = 0;
+    for (int owner = 0; owner < owners; ++owner) {
+        std::string why;
+        worker::Listener listener;
+        listener.protocol = rule.policy.protocol;
+        listener.worker = udp ? owner : -1;
+        // Port 0 in a UDP rule: every worker's socket must share the port the first one got.
+        net::SockAddr where = addr;
+        if (owner > 0 && addr.port() == 0) where.set_port(first_port);
+        listener.fd = reuse_listener(where, listener.protocol, listener.worker, previous);
+        if (!listener.fd)
+            listener.fd = udp ? udp_relay::bind_socket(where, owners > 1, why) : net::listen_on(where, backlog, why);
+        if (!listener.fd) {
+            log.print("error: rule (%s): listen on %s%s: %s", rule.name.c_str(), where.text().c_str(),
+                      udp ? "/udp" : "", why.c_str());
+            return false;
+        }
+        net::SockAddr bound;
+        listener.address = net::local_address(listener.fd.get(), bound) ? bound.text() : where.text();
+        if (owner == 0) first_port = bound.port();
+        listener.rule = r;
+        listener.offset = offset;
+        gen.listeners.push_back(std::move(listener));
+    }
+    return true;
+}
+
+// Binds (or takes over) every listener, or none: a port of a range that
+// cannot be bound fails the whole start or reload, naming that port.
 bool bind_all(Generation& gen, const Generation* previous, const mixlog::Logger& log) {
     const int backlog = net::listen_backlog();
     for (size_t r = 0; r < gen.cfg.rules.size(); ++r) {
-        for (const net::SockAddr& addr : gen.plan.binds[r]) {
-            std::string why;
-            worker::Listener listener;
-            listener.fd = reuse_listener(addr, previous);
-            if (!listener.fd) listener.fd = net::listen_on(addr, backlog, why);
-            if (!listener.fd) {
-                log.print("error: rule (%s): listen on %s: %s", gen.cfg.rules[r].name.c_str(), addr.text().c_str(),
-                          why.c_str());
-                gen.listeners.clear();
-                return false;
+        const config::Rule& rule = gen.cfg.rules[r];
+        for (const net::SockAddr& first : gen.plan.binds[r]) {
+            for (size_t offset = 0; offset < rule.ports(); ++offset) {
+                net::SockAddr addr = first;
+                if (offset) addr.set_port(static_cast<uint16_t>(first.port() + offset));
+                if (!bind_one(gen, r, addr, static_cast<uint16_t>(offset), backlog, previous, log)) {
+                    gen.listeners.clear();
+                    return false;
+                }
             }
-            net::SockAddr bound;
-            listener.address = net::local_address(listener.fd.get(), bound) ? bound.text() : addr.text();
-            listener.rule = r;
-            gen.listeners.push_back(std::move(listener));
         }
     }
     return true;
@@ -297,6 +390,7 @@ std::string reload_summary(const config::Config& now, const config::Config& befo
 std::unique_ptr<Generation> build_generation(const std::string& file, size_t workers, const Generation* previous,
                                              const mixlog::Logger& log) {
     auto gen = std::make_unique<Generation>();
+    gen->workers = workers;
     if (!load(file, log, gen->cfg, gen->plan)) return nullptr;
     if (!bind_all(*gen, previous, log) || !bind_metrics(*gen, previous, log) || !bind_control(*gen, previous, log))
         return nullptr;
@@ -492,7 +586,35 @@ private:
         settings.grace = grace();
         settings.parent_fd = lifeline_read_.get();
         settings.backend = backend_;
-        worker::Worker relay(gen.shared, gen.listeners, settings, log_, gen.board);
+        settings.sources = &gen.plan.sources;
+        // This worker keeps the TCP listeners and its own UDP sockets; the
+        // other workers' UDP sockets are closed here (the parent keeps them).
+        std::vector<worker::Listener> mine;
+        std::vector<udp_relay::Socket> sockets;
+        for (size_t i = 0; i < gen.listeners.size();) {
+            worker::Listener& l = gen.listeners[i];
+            if (l.protocol != config::Protocol::udp) {
+                ++i;
+                continue;
+            }
+            if (l.worker == static_cast<int>(index)) {
+                udp_relay::Socket sock;
+                sock.fd = l.fd.get();
+                sock.rule = l.rule;
+                sock.offset = l.offset;
+                sock.address = l.address;
+                net::local_address(l.fd.get(), sock.bound);
+                sock.wildcard = udp_relay::is_wildcard(sock.bound);
+                sockets.push_back(std::move(sock));
+                mine.push_back(std::move(l));
+            }
+            gen.listeners.erase(gen.listeners.begin() + static_cast<long>(i));
+        }
+        std::unique_ptr<udp_relay::Relay> udp;
+        if (!sockets.empty())
+            udp = std::make_unique<udp_relay::Relay>(gen.shared, std::move(sockets), static_cast<int>(index), log_,
+                                                     &gen.plan.sources);
+        worker::Worker relay(gen.shared, gen.listeners, settings, log_, gen.board, udp.get());
         return relay.run();
     }
 
@@ -577,20 +699,34 @@ private:
         int64_t now_ms = worker::to_ms(Clock::now());
         for (size_t r = 0; r < gen.shared.pools(); ++r) {
             const upstreams::Pool& pool = gen.shared.pool(r);
+            // UDP rules: active and total count sessions; the extra fields
+            // are UDP's own, at the end of the line.
+            const bool udp = pool.rule->policy.protocol == config::Protocol::udp;
+            char extra[160] = "";
+            if (udp && pool.rule->route.empty())
+                snprintf(extra, sizeof extra, " evicted=%llu dropped=%llu lost=%llu protocol=udp",
+                         static_cast<unsigned long long>(pool.state->evicted.load()),
+                         static_cast<unsigned long long>(pool.state->dropped.load()),
+                         static_cast<unsigned long long>(pool.state->lost.load()));
             if (pool.rule->route.empty())
                 log_.print("stats clients rule=%s active=%u denied=%llu over_client_limit=%llu bad_preread=%llu "
-                           "unrouted=%llu",
+                           "unrouted=%llu%s",
                            pool.rule->name.c_str(), pool.state->active.load(),
                            static_cast<unsigned long long>(pool.state->denied.load()),
                            static_cast<unsigned long long>(pool.state->over_client_limit.load()),
                            static_cast<unsigned long long>(pool.state->bad_preread.load()),
-                           static_cast<unsigned long long>(pool.state->unrouted.load()));
+                           static_cast<unsigned long long>(pool.state->unrouted.load()), extra);
             // A route's upstreams: "route=NAME" after the rule.
             std::string route = pool.rule->route.empty() ? "" : " route=" + pool.rule->route;
             for (size_t u = 0; u < pool.size(); ++u) {
                 const upstreams::UpstreamState& s = pool.at(u);
+                extra[0] = 0;
+                if (udp)
+                    snprintf(extra, sizeof extra, " datagrams_in=%llu datagrams_out=%llu",
+                             static_cast<unsigned long long>(s.datagrams_in.load()),
+                             static_cast<unsigned long long>(s.datagrams_out.load()));
                 log_.print("stats rule=%s%s upstream=%s state=%s active=%u total=%llu failed=%llu bytes_in=%llu "
-                           "bytes_out=%llu resets_by_client=%llu resets_by_upstream=%llu weight=%u",
+                           "bytes_out=%llu resets_by_client=%llu resets_by_upstream=%llu weight=%u%s",
                            pool.rule->name.c_str(), route.c_str(), pool.rule->to[u].text.c_str(),
                            upstreams::state_name(s, now_ms), s.active.load(),
                            static_cast<unsigned long long>(s.total.load()),
@@ -598,7 +734,7 @@ private:
                            static_cast<unsigned long long>(s.bytes_in.load()),
                            static_cast<unsigned long long>(s.bytes_out.load()),
                            static_cast<unsigned long long>(s.client_resets.load()),
-                           static_cast<unsigned long long>(s.upstream_resets.load()), s.weight.load());
+                           static_cast<unsigned long long>(s.upstream_resets.load()), s.weight.load(), extra);
             }
         }
         for (size_t i = 0; i < gen.workers; ++i) {
@@ -678,6 +814,7 @@ int main(int argc, char** argv) {
         config::Config cfg;
         Plan plan;
         if (!load(options.file, log, cfg, plan)) return 1;
+        report_sockets(cfg, plan, static_cast<size_t>(options.workers > 0 ? options.workers : online_cpus()), log);
         printf("configuration OK\n");
         return 0;
     }

@@ -155,6 +155,11 @@ struct SockAddr {
     sockaddr* get() { return reinterpret_cast<sockaddr*>(&storage); }
     int family() const { return storage.ss_family; }
 
+    void set_port(uint16_t port) {
+        if (family() == AF_INET) reinterpret_cast<sockaddr_in*>(&storage)->sin_port = htons(port);
+        if (family() == AF_INET6) reinterpret_cast<sockaddr_in6*>(&storage)->sin6_port = htons(port);
+    }
+
     uint16_t port() const {
         if (family() == AF_INET) return ntohs(reinterpret_cast<const sockaddr_in*>(&storage)->sin_port);
         if (family() == AF_INET6) return ntohs(reinterpret_cast<const sockaddr_in6*>(&storage)->sin6_port);
@@ -225,6 +230,38 @@ inline bool resolve(const HostPort& where, bool passive, std::vector<SockAddr>& 
         return false;
     }
     return true;
+}
+
+// An IP literal (no names, no lookup) as a socket address with `port`.
+inline bool parse_ip(const std::string& text, uint16_t port, SockAddr& out) {
+    out = SockAddr();
+    auto* in = reinterpret_cast<sockaddr_in*>(&out.storage);
+    auto* in6 = reinterpret_cast<sockaddr_in6*>(&out.storage);
+    if (inet_pton(AF_INET, text.c_str(), &in->sin_addr) == 1) {
+        in->sin_family = AF_INET;
+        out.length = sizeof *in;
+    } else if (inet_pton(AF_INET6, text.c_str(), &in6->sin6_addr) == 1) {
+        in6->sin6_family = AF_INET6;
+        out.length = sizeof *in6;
+    } else {
+        return false;
+    }
+    out.set_port(port);
+    return true;
+}
+
+// Whether `addr` (port 0) is one of this host's addresses: binding a UDP
+// socket to it is the test the kernel itself applies to a source address.
+inline bool is_local_address(const SockAddr& addr, std::string& error) {
+    int fd = ::socket(addr.family(), SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        error = "socket: " + errno_text(errno);
+        return false;
+    }
+    bool ok = ::bind(fd, addr.get(), addr.length) == 0;
+    if (!ok) error = "bind " + addr.text() + ": " + errno_text(errno);
+    ::close(fd);
+    return ok;
 }
 
 // ---- networks (allow/deny lists) ----------------------------------------
@@ -404,13 +441,31 @@ inline Fd accept_client(int listener, SockAddr& peer) {
 #endif
 }
 
-// Starts a nonblocking connect. Returns 0 when connected already,
-// EINPROGRESS when the result comes later (POLLOUT + pending_error), or the
-// errno of an immediate failure (the Fd is then invalid).
-inline int dial_start(const SockAddr& addr, Fd& out) {
+// Binds an upstream socket to a chosen source address before it connects.
+// On Linux IP_BIND_ADDRESS_NO_PORT defers the port choice to connect(), so
+// each (source, upstream) pair gets the whole ephemeral range instead of
+// each source using up one port per socket at bind time.
+inline int bind_source(int fd, const SockAddr& source) {
+#if defined(IP_BIND_ADDRESS_NO_PORT) && !defined(MIXCTL_POSIX_ONLY)
+    set_int_option(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1);
+#endif
+    return ::bind(fd, source.get(), source.length) == 0 ? 0 : errno;
+}
+
+// Starts a nonblocking connect, from `source` when it is set (length > 0).
+// Returns 0 when connected already, EINPROGRESS when the result comes later
+// (POLLOUT + pending_error), or the errno of an immediate failure (the Fd is
+// then invalid).
+inline int dial_start(const SockAddr& addr, Fd& out, const SockAddr* source = nullptr) {
     out = new_socket(addr.family());
     if (!out) return errno;
     tune_stream(out.get());
+    if (source && source->length > 0) {
+        if (int err = bind_source(out.get(), *source)) {
+            out.reset();
+            return err;
+        }
+    }
     if (::connect(out.get(), addr.get(), addr.length) == 0) return 0;
     int err = errno;
     if (err == EINPROGRESS || err == EINTR) return EINPROGRESS;

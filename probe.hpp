@@ -82,8 +82,11 @@ inline net::HostPort dial_address(const net::HostPort& from) {
     return to;
 }
 
+// A TCP listener only (a UDP rule on the same port is not what a connect
+// reaches); any port of a range.
 inline bool serves(const config::Rule& rule, const net::HostPort& asked) {
-    return rule.from.port == asked.port && (rule.from.host == asked.host || is_wildcard(rule.from.host));
+    return rule.policy.protocol == config::Protocol::tcp && rule.from.port <= asked.port &&
+           asked.port <= rule.from_last && (rule.from.host == asked.host || is_wildcard(rule.from.host));
 }
 
 // RULE is a rule name, or an address: a rule's `from`, or any listener (the
@@ -101,6 +104,10 @@ inline bool find_target(const std::string& what, const std::string& file, Target
     for (const config::Rule& rule : cfg.rules)
         if (!found && is_address && serves(rule, asked)) found = &rule;
     if (found) {
+        if (found->policy.protocol == config::Protocol::udp) {
+            why = "rule (" + found->name + ") is protocol: udp; -probe checks TCP listeners";
+            return false;
+        }
         if (found->from.port == 0) {
             why = "rule (" + found->name + ") listens on port 0 (chosen at start): probe the address it bound";
             return false;

@@ -42,6 +42,8 @@ struct UpstreamState {
     shared64::U64 bytes_out;  // upstream -> client
     shared64::U64 client_resets;    // relays the client aborted (passed on to the upstream as RST)
     shared64::U64 upstream_resets;  // relays the upstream aborted (passed on to the client as RST)
+    shared64::U64 datagrams_in;   // UDP: client -> upstream
+    shared64::U64 datagrams_out;  // UDP: upstream -> client
     // Passive health: max_fails failures within fail_timeout -> down until.
     shared64::I64 window_start_ms;
     std::atomic<uint32_t> window_fails{0};
@@ -68,6 +70,9 @@ struct RuleState {
     shared64::U64 cursor;             // round-robin, shared by all workers
     std::atomic<uint32_t> active{0};  // connections of this rule, all workers (max_conns)
     shared64::U64 denied;             // clients refused by allow/deny
+    shared64::U64 evicted;            // UDP sessions ended to make room (max_sessions)
+    shared64::U64 dropped;            // UDP datagrams not relayed (no socket, full buffers, too big)
+    shared64::U64 lost;               // UDP sessions of a worker that died without ending them
     shared64::U64 over_client_limit;  // refused by max_conns_per_client
     shared64::U64 bad_preread;        // no valid PROXY header, or a bad / late ClientHello: closed
     shared64::U64 unrouted;           // no route and no default pool: closed
@@ -237,7 +242,10 @@ public:
         if (worker >= workers_) return;
         clients_.forget_worker(worker);
         for (const Pool& pool : pools_) {
-            pool.state->active.fetch_sub(static_cast<uint32_t>(row(worker, pool.state->column).exchange(0)));
+            int32_t held = row(worker, pool.state->column).exchange(0);
+            pool.state->active.fetch_sub(static_cast<uint32_t>(held));
+            if (pool.rule->policy.protocol == config::Protocol::udp && held > 0)
+                pool.state->lost.fetch_add(static_cast<uint64_t>(held));
             for (size_t u = 0; u < pool.size(); ++u) {
                 UpstreamState& s = pool.at(u);
                 s.active.fetch_sub(static_cast<uint32_t>(row(worker, s.column).exchange(0)));
@@ -345,6 +353,8 @@ inline void copy_history(const UpstreamState& from, UpstreamState& to) {
     to.bytes_out.store(from.bytes_out.load());
     to.client_resets.store(from.client_resets.load());
     to.upstream_resets.store(from.upstream_resets.load());
+    to.datagrams_in.store(from.datagrams_in.load());
+    to.datagrams_out.store(from.datagrams_out.load());
     to.window_start_ms.store(from.window_start_ms.load());
     to.window_fails.store(from.window_fails.load());
     to.down_until_ms.store(from.down_until_ms.load());

@@ -32,6 +32,7 @@
 #include "relay.hpp"
 #include "signals.hpp"
 #include "timers.hpp"
+#include "udp_relay.hpp"
 #include "upstreams.hpp"
 
 namespace worker {
@@ -46,16 +47,20 @@ struct Settings {
     Clock::duration grace{};
     int parent_fd = -1;                     // EOF here means the parent is gone
     poller::Backend backend = poller::default_backend();
+    const dialer::Sources* sources = nullptr;  // source: addresses per rule and upstream
 };
 
-class Worker {
+class Worker : private udp_relay::Loop {
 public:
+    // udp: this worker's UDP sockets and sessions (udp_relay.hpp), or nullptr.
     Worker(const upstreams::Shared& shared, std::vector<Listener>& listeners, const Settings& settings,
-           const mixlog::Logger& log, balance::Board& board)
+           const mixlog::Logger& log, balance::Board& board, udp_relay::Relay* udp = nullptr)
         : shared_(shared), settings_(settings), log_(log), board_(board), poller_(settings.backend),
           acceptor_(shared, listeners, settings.index, log, board, poller_),
-          dialer_(shared, log, settings.dial_timeout, static_cast<size_t>(settings.index)),
-          scratch_(new char[relay::buffer_size]) {}
+          dialer_(shared, log, settings.dial_timeout, static_cast<size_t>(settings.index), settings.sources), udp_(udp),
+          scratch_(new char[relay::buffer_size]) {
+        if (udp_) udp_->attach(*this);
+    }
 
     // Runs until told to stop and the last connection is gone. Returns the
     // process exit status.
@@ -69,6 +74,9 @@ public:
         if (!err) err = poller_.watch(wake_.fd(), wake_token, POLLIN);
         if (!err) err = poller_.watch(settings_.parent_fd, parent_token, POLLIN);
         if (!err) err = acceptor_.watch(first_listener_token);
+        if (udp_)
+            for (size_t j = 0; j < udp_->sockets().size() && !err; ++j)
+                err = poller_.watch(udp_->sockets()[j].fd, udp_socket_bit | j, POLLIN);
         if (err) {
             log_.print("worker %d: %s: %s", settings_.index, poller::name(poller_.backend()),
                        net::errno_text(err).c_str());
@@ -79,10 +87,12 @@ public:
             check_signals();
             Clock::time_point now = now_ = Clock::now();
             expire_timers(now);
+            if (udp_) udp_->expire(now);
             if (descriptors_freed_) after_descriptors_freed();
-            if (stopping_ && live_ == 0) return 0;
+            const size_t sessions = udp_ ? udp_->live() : 0;
+            if (stopping_ && live_ == 0 && sessions == 0) return 0;
             if (stopping_ && now >= grace_deadline_) {
-                log_.print("worker %d: grace period over, closing %zu connections", settings_.index, live_);
+                log_.print("worker %d: grace period over, closing %zu connections", settings_.index, live_ + sessions);
                 abort_all();
                 return 0;
             }
@@ -130,6 +140,11 @@ private:
     static constexpr uint64_t control_bit = 1ULL << 63;
     static constexpr uint64_t wake_token = control_bit | 0, parent_token = control_bit | 1,
                               first_listener_token = control_bit | 2;
+    // UDP: a worker's receiving socket j is udp_socket_bit | j; a session's
+    // upstream socket udp_session_bit | serial << 32 | id (stale events are
+    // recognised as for connections).
+    static constexpr uint64_t udp_socket_bit = control_bit | (1ULL << 62);
+    static constexpr uint64_t udp_session_bit = 1ULL << 62;
 
     struct Conn {
         net::Fd client, upstream;
@@ -213,6 +228,7 @@ private:
     int wait_timeout(Clock::time_point now) const {
         Clock::time_point wake = now + std::chrono::hours(1);
         if (!timers_.empty()) wake = std::min(wake, timers_.next());
+        if (udp_) wake = std::min(wake, udp_->next_deadline());
         if (stopping_) wake = std::min(wake, grace_deadline_);
         if (acceptor_.paused()) wake = std::min(wake, acceptor_.resume_at());
         const std::chrono::milliseconds recheck(paced(balance::Board::recheck_every_ms));
@@ -228,6 +244,14 @@ private:
     int paced(int every_ms) const { return balance::Board::paced(every_ms, poller_.watched()); }
 
     void handle(const poller::Event& e) {
+        if ((e.token & udp_socket_bit) == udp_socket_bit) {
+            udp_->on_socket(static_cast<uint32_t>(e.token & 0xffffffffu), now_);
+            return;
+        }
+        if ((e.token & (control_bit | udp_session_bit)) == udp_session_bit) {
+            udp_->on_upstream(static_cast<uint32_t>(e.token & 0x7fffffffu), e.token, now_);
+            return;
+        }
         if (e.token & control_bit) {
             uint64_t which = e.token & ~control_bit;
             if (e.token == wake_token) wake_.drain();
@@ -264,7 +288,22 @@ private:
         stopping_ = true;
         grace_deadline_ = Clock::now() + settings_.grace;
         acceptor_.stop();
+        // A UDP socket is no longer read (the next generation's worker reads
+        // the very same socket), but kept: live sessions reply through it.
+        if (udp_) {
+            for (const udp_relay::Socket& sock : udp_->sockets()) poller_.forget(sock.fd, false);
+            udp_->begin_stop();
+        }
     }
+
+    // ---- UDP (udp_relay.hpp): session sockets in this loop's wait set ----
+
+    uint64_t watch(int fd, uint32_t session) override {
+        if (++serial_ == 0 || serial_ >= (1u << 30)) serial_ = 1;
+        uint64_t token = udp_session_bit | (static_cast<uint64_t>(serial_) << 32) | session;
+        return poller_.watch(fd, token, POLLIN) == 0 ? token : 0;
+    }
+    void unwatch(int fd) override { poller_.forget(fd, true); }
 
     // ---- connections --------------------------------------------------
 
@@ -283,7 +322,7 @@ private:
     // that rule's own, or the SNI route chosen (whose settings it then uses).
     size_t rule_of(const Conn& c) const { return acceptor_.rule_of(c.listener); }
     const config::Rule& rule(const Conn& c) const { return *shared_.pool(c.pool).rule; }
-    const std::string& target_text(const Conn& c) const { return dialer_.target_text(c.pool, c.dial); }
+    std::string target_text(const Conn& c) const { return dialer_.target_text(c.pool, c.dial); }
     upstreams::UpstreamState& upstream_state(const Conn& c) const { return shared_.pool(c.pool).at(c.dial.target); }
 
     void start(net::Fd client, const net::SockAddr& peer, size_t listener, size_t client_slot) {
@@ -296,6 +335,7 @@ private:
         c.started = c.last_activity = now_;
         c.holds_rule_slot = true;
         c.pool = static_cast<uint32_t>(shared_.rule_pool_index(rule_of(c)));
+        c.dial.offset = acceptor_.listener(listener).offset;  // where a ranged upstream goes (any pool of the rule)
         ++live_;
         board_.slot(settings_.index).active.fetch_add(1, std::memory_order_relaxed);
         if (!net::accepted_sockets_inherit_tuning) net::tune_stream(c.client.get());
@@ -650,6 +690,7 @@ private:
     void abort_all() {
         for (uint32_t id = 0; id < conns_.size(); ++id)
             if (conns_[id]->client) finish(id, "shutting down", true);
+        if (udp_) udp_->finish_all("shutting down");
     }
 
     const upstreams::Shared& shared_;
@@ -659,6 +700,7 @@ private:
     poller::Poller poller_;
     acceptor::Acceptor acceptor_;
     dialer::Dialer dialer_;
+    udp_relay::Relay* udp_;
 
     signals::SelfPipe wake_;
     std::vector<std::unique_ptr<Conn>> conns_;

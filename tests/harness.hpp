@@ -856,4 +856,95 @@ inline std::string one_rule(const Server& up, const std::string& from = "127.0.0
     return one_rule({up.address()}, from);
 }
 
+// ---- UDP --------------------------------------------------------------------------
+
+// A loopback UDP server on its own thread. The handler gets each datagram
+// and the sender, and returns the reply (nullopt-like: `reply = false` sends
+// nothing). Counts datagrams so tests can tell where traffic went.
+class UdpServer {
+public:
+    using Handler = std::function<std::string(const std::string& data, const net::SockAddr& from, bool& reply)>;
+
+    explicit UdpServer(Handler handler, const char* host_v4 = "127.0.0.1", uint16_t port = 0)
+        : handler_(std::move(handler)) {
+        fd_ = net::Fd(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+        net::SockAddr at = loopback(port, AF_INET, host_v4);
+        if (!fd_ || ::bind(fd_.get(), at.get(), at.length) < 0) {
+            fd_.reset();
+            return;
+        }
+        net::local_address(fd_.get(), bound_);
+        thread_ = std::thread([this] { loop(); });
+    }
+    ~UdpServer() { stop(); }
+
+    void stop() {
+        if (stopped_.exchange(true)) return;
+        if (thread_.joinable()) thread_.join();
+        fd_.reset();
+    }
+    bool ok() const { return fd_.valid(); }
+    uint16_t port() const { return bound_.port(); }
+    std::string address() const { return bound_.text(); }
+    int received() const { return received_.load(); }
+
+private:
+    void loop() {
+        std::vector<char> buf(70000);
+        while (!stopped_) {
+            pollfd p{fd_.get(), POLLIN, 0};
+            if (::poll(&p, 1, 50) <= 0) continue;
+            net::SockAddr from;
+            from.length = sizeof from.storage;
+            ssize_t n = ::recvfrom(fd_.get(), buf.data(), buf.size(), 0, from.get(), &from.length);
+            if (n < 0) continue;
+            received_.fetch_add(1);
+            bool reply = true;
+            std::string out = handler_(std::string(buf.data(), static_cast<size_t>(n)), from, reply);
+            if (reply) ::sendto(fd_.get(), out.data(), out.size(), 0, from.get(), from.length);
+        }
+    }
+
+    Handler handler_;
+    net::Fd fd_;
+    net::SockAddr bound_;
+    std::thread thread_;
+    std::atomic<bool> stopped_{false};
+    std::atomic<int> received_{0};
+};
+
+inline std::string udp_echo(const std::string& data, const net::SockAddr&, bool&) { return data; }
+
+// Replies "NAME PEER": which upstream answered and from which address the
+// relay's socket came.
+inline UdpServer::Handler udp_who(std::string name) {
+    return [name](const std::string&, const net::SockAddr& from, bool&) { return name + " " + from.text(); };
+}
+
+// A UDP client socket connected to `host:port`: the kernel then drops any
+// reply that does not come from exactly that address.
+inline net::Fd udp_client(uint16_t port, const char* host = "127.0.0.1", Ms limit = 2000ms, int family = AF_INET,
+                          const char* source_v4 = nullptr) {
+    net::Fd fd(::socket(family, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+    if (!fd) return fd;
+    set_timeouts(fd.get(), limit);
+    if (source_v4) {
+        net::SockAddr src = loopback(0, AF_INET, source_v4);
+        if (::bind(fd.get(), src.get(), src.length) < 0) return net::Fd();
+    }
+    net::SockAddr to = family == AF_INET6 ? loopback(port, AF_INET6) : loopback(port, AF_INET, host);
+    if (::connect(fd.get(), to.get(), to.length) < 0) return net::Fd();
+    return fd;
+}
+
+// Sends one datagram and waits for one reply; false on timeout or error.
+inline bool udp_ask(int fd, const std::string& request, std::string& reply, size_t max = 70000) {
+    if (::send(fd, request.data(), request.size(), 0) != static_cast<ssize_t>(request.size())) return false;
+    std::vector<char> buf(max);
+    ssize_t n = ::recv(fd, buf.data(), buf.size(), 0);
+    if (n < 0) return false;
+    reply.assign(buf.data(), static_cast<size_t>(n));
+    return true;
+}
+
 }  // namespace harness

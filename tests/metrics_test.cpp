@@ -282,6 +282,8 @@ const char* const families[] = {
     "mixctl_upstream_connect_failures_total",
     "mixctl_upstream_bytes_in_total",
     "mixctl_upstream_bytes_out_total",
+    "mixctl_upstream_datagrams_in_total",
+    "mixctl_upstream_datagrams_out_total",
 };
 
 }  // namespace

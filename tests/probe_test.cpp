@@ -270,6 +270,20 @@ TEST_CASE("probe of a rule name that does not exist names the rules there are", 
     CHECK(missing.result.err == "probe failed: open " + dir.path() + "/missing.yaml: no such file or directory\n");
 }
 
+TEST_CASE("probe of a udp rule by name says it checks TCP listeners; by address it finds the TCP rule", "[probe][udp]") {
+    TempDir dir;
+    const std::string port = std::to_string(closed_port());
+    std::string file = dir.write("rules.yaml", "rules:\n- name: dns\n  protocol: udp\n  from: 127.0.0.1:" + port +
+                                                   "\n  to: [127.0.0.1:5353]\n- name: dns-tcp\n  from: 127.0.0.1:" +
+                                                   port + "\n  to: [127.0.0.1:5353]\n");
+    Probe by_name = probe(file, "dns");
+    CHECK(by_name.result.exit.code == 1);
+    CHECK(by_name.result.err == "probe failed: rule (dns) is protocol: udp; -probe checks TCP listeners\n");
+    Probe by_address = probe(file, "127.0.0.1:" + port);  // nothing listens: refused, but named for the TCP rule
+    CHECK(by_address.result.exit.code == 1);
+    CHECK(starts_with(by_address.result.err, "probe failed: (dns-tcp) 127.0.0.1:" + port + ": "));
+}
+
 TEST_CASE("probe fails when no upstream is reachable: mixctl closes without a reply", "[probe]") {
     uint16_t dead = closed_port();
     uint16_t port = 0;
