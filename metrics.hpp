@@ -41,7 +41,7 @@ inline std::string render(const upstreams::Shared& shared, int64_t now_ms) {
     };
     static const Family families[] = {
         {"mixctl_upstream_up", "gauge", "1 while the upstream is considered up, 0 while it is down."},
-        {"mixctl_upstream_active_connections", "gauge", "Connections being relayed to the upstream now."},
+        {"mixctl_upstream_active_connections", "gauge", "Connections to the upstream now: being relayed or being dialed."},
         {"mixctl_upstream_connections_total", "counter", "Connections established to the upstream."},
         {"mixctl_upstream_connect_failures_total", "counter", "Connect attempts to the upstream that failed."},
         {"mixctl_upstream_bytes_in_total", "counter", "Bytes relayed from clients to the upstream."},
