@@ -4,7 +4,7 @@
 // It touches no listener, relay or health check.
 //
 // Why long: the command parser, its answers, the socket's safe creation (stale or foreign files)
-// and the bounded server are one feature; -ctl's client (ask) shares their quoting rules.
+// and the server's protocol are one feature; -ctl's client (ask) shares their quoting rules.
 #pragma once
 
 #include <cerrno>
@@ -15,7 +15,6 @@
 #include <vector>
 
 #include <fcntl.h>
-#include <poll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -23,11 +22,10 @@
 
 #include "log.hpp"
 #include "net.hpp"
+#include "request_server.hpp"
 #include "upstreams.hpp"
 
 namespace control {
-
-using Clock = std::chrono::steady_clock;
 
 constexpr size_t max_line = 512;  // a longer command line is refused
 constexpr uint32_t max_weight = 1000000;  // as in the config
@@ -302,115 +300,35 @@ inline net::Fd listen_at(const std::string& path, std::string& why) {
 }
 
 // Serves the socket from a poll() loop that is not a relay loop (the
-// checker's). Nonblocking throughout: a silent client is closed after
-// `patience`, and at most max_clients are served at once (the oldest that
-// has not sent its line makes room for a newcomer).
-class Server {
+// checker's): one command line per connection, a silent client is closed
+// after `patience`, at most max_clients at once (request_server.hpp).
+class Server : public request_server::Server {
 public:
     Server(int listener, const upstreams::Shared& shared, const mixlog::Logger& log)
-        : listener_(listener), shared_(shared), log_(log) {}
-
-    int listener() const { return listener_; }
-
-    void want(std::vector<pollfd>& fds) const {
-        for (const Client& c : clients_)
-            fds.push_back(pollfd{c.fd.get(), static_cast<short>(c.reply.empty() ? POLLIN : POLLOUT), 0});
-    }
-
-    Clock::time_point next_deadline(Clock::time_point fallback) const {
-        for (const Client& c : clients_) fallback = std::min(fallback, c.deadline);
-        return fallback;
-    }
-
-    void accept_all() {
-        if (listener_ < 0) return;
-        for (int n = 0; n < 16; ++n) {
-            net::SockAddr peer;
-            net::Fd fd = net::accept_client(listener_, peer);
-            if (!fd) return;
-            if (clients_.size() >= max_clients) evict_oldest_waiting();
-            if (clients_.size() >= max_clients) return;  // every one is being answered: drop the newcomer
-            clients_.push_back(Client{std::move(fd), std::string(), std::string(), 0, Clock::now() + patience});
-        }
-    }
-
-    // `ready`: the revents of the clients, in the order want() listed them.
-    void serve(const std::vector<short>& ready, int64_t now_ms) {
-        Clock::time_point now = Clock::now();
-        for (size_t i = clients_.size(); i-- > 0;) {
-            Client& c = clients_[i];
-            bool done = now >= c.deadline;
-            if (done && c.reply.empty()) {  // a last word for the silent client; it may not read it
-                std::string late = "error: no command within " + std::to_string(patience.count()) + "s\n";
-                (void)::send(c.fd.get(), late.data(), late.size(), send_flags());
-            }
-            if (!done && i < ready.size() && ready[i]) done = c.reply.empty() ? read_line(c, now_ms) : write_reply(c);
-            if (done) clients_.erase(clients_.begin() + static_cast<long>(i));
-        }
-    }
-
-    size_t clients() const { return clients_.size(); }
+        : request_server::Server(listener, {max_clients, patience, max_line + 2}, judge(shared, log),
+                                 "error: no command within " + std::to_string(patience.count()) + "s\n") {}
 
     static constexpr size_t max_clients = 32;
 
 private:
-    struct Client {
-        net::Fd fd;
-        std::string line, reply;
-        size_t sent;
-        Clock::time_point deadline;
-    };
-
-    void evict_oldest_waiting() {
-        for (size_t i = 0; i < clients_.size(); ++i)
-            if (clients_[i].reply.empty()) {
-                clients_.erase(clients_.begin() + static_cast<long>(i));
-                return;
+    // A line ends at its newline, or at EOF when the client sent no newline.
+    static request_server::Judge judge(const upstreams::Shared& shared, const mixlog::Logger& log) {
+        return [&shared, &log](std::string& line, bool closed, int64_t now_ms, std::string& reply) {
+            size_t newline = line.find('\n');
+            if (newline != std::string::npos) {
+                line.resize(newline);
+            } else if (line.size() > max_line + 1) {
+                reply = "error: line too long (at most " + std::to_string(max_line) + " bytes)\n";
+                return request_server::Verdict::answer;
+            } else if (!closed) {
+                return request_server::Verdict::more;
+            } else if (line.empty()) {
+                return request_server::Verdict::drop;  // closed without a word
             }
+            reply = answer(line, shared, now_ms, &log);
+            return request_server::Verdict::answer;
+        };
     }
-
-    // True when the client is finished with.
-    bool read_line(Client& c, int64_t now_ms) {
-        char buf[max_line + 2];
-        ssize_t n = ::recv(c.fd.get(), buf, sizeof buf, 0);
-        if (n < 0) return !(errno == EAGAIN || errno == EINTR);
-        size_t end = c.line.size();
-        c.line.append(buf, static_cast<size_t>(n));
-        size_t newline = c.line.find('\n', end);
-        if (newline == std::string::npos) {
-            if (c.line.size() > max_line + 1) c.reply = "error: line too long (at most " + std::to_string(max_line) +
-                                                        " bytes)\n";
-            else if (n > 0) return false;  // more to come
-            else if (c.line.empty()) return true;  // closed without a word
-        } else {
-            c.line.resize(newline);
-        }
-        if (c.reply.empty()) c.reply = answer(c.line, shared_, now_ms, &log_);
-        return write_reply(c);
-    }
-
-    bool write_reply(Client& c) {
-        ssize_t n = ::send(c.fd.get(), c.reply.data() + c.sent, c.reply.size() - c.sent, send_flags());
-        if (n < 0) return !(errno == EAGAIN || errno == EINTR);
-        c.sent += static_cast<size_t>(n);
-        if (c.sent < c.reply.size()) return false;
-        ::shutdown(c.fd.get(), SHUT_WR);
-        return true;
-    }
-
-    // The clients' sockets are nonblocking already (net::accept_client).
-    static int send_flags() {
-#ifdef MSG_NOSIGNAL
-        return MSG_NOSIGNAL;
-#else
-        return 0;
-#endif
-    }
-
-    int listener_;
-    const upstreams::Shared& shared_;
-    const mixlog::Logger& log_;
-    std::vector<Client> clients_;
 };
 
 // ---- the client side (mixctl -ctl) -----------------------------------------------

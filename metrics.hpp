@@ -9,15 +9,10 @@
 #include <string>
 #include <vector>
 
-#include <poll.h>
-#include <sys/socket.h>
-
-#include "net.hpp"
+#include "request_server.hpp"
 #include "upstreams.hpp"
 
 namespace metrics {
-
-using Clock = std::chrono::steady_clock;
 
 // Label values escape backslash, double quote and newline (the text format).
 inline std::string label(const std::string& value) {
@@ -138,109 +133,42 @@ inline std::string render(const upstreams::Shared& shared, int64_t now_ms) {
     return out;
 }
 
-// A tiny HTTP/1.0-style server: one request per connection, then close.
-// Nonblocking throughout; a client gets `patience` to send its request.
-class Server {
+// The answer to a whole request: the metrics for GET /metrics, else 404.
+inline std::string http_reply(const std::string& request, const upstreams::Shared& shared, int64_t now_ms) {
+    bool wanted = request.compare(0, 13, "GET /metrics ") == 0 || request.compare(0, 13, "GET /metrics?") == 0;
+    std::string body = wanted ? render(shared, now_ms) : "not found: try GET /metrics\n";
+    char head[160];
+    snprintf(head, sizeof head,
+             "HTTP/1.1 %s\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n"
+             "Content-Length: %zu\r\nConnection: close\r\n\r\n",
+             wanted ? "200 OK" : "404 Not Found", body.size());
+    return head + body;
+}
+
+// A tiny HTTP/1.0-style server: one request per connection, then close;
+// a client gets `patience` to send its request (request_server.hpp).
+class Server : public request_server::Server {
 public:
-    Server(int listener, const upstreams::Shared& shared) : listener_(listener), shared_(shared) {}
+    Server(int listener, const upstreams::Shared& shared)
+        : request_server::Server(listener, {max_clients, patience, 2048}, judge(shared)) {}
 
-    int listener() const { return listener_; }
-
-    // pollfds for the clients being served, appended to `fds`.
-    void want(std::vector<pollfd>& fds) const {
-        for (const Client& c : clients_) fds.push_back(pollfd{c.fd.get(), static_cast<short>(c.reply.empty() ? POLLIN : POLLOUT), 0});
-    }
-
-    Clock::time_point next_deadline(Clock::time_point fallback) const {
-        for (const Client& c : clients_) fallback = std::min(fallback, c.deadline);
-        return fallback;
-    }
-
-    // When every place is taken, the oldest client that has not finished
-    // its request makes room: idle connections can not lock scrapers out,
-    // and the listener never stays readable unserved (which would spin).
-    void accept_all(int64_t now_ms) {
-        (void)now_ms;
-        for (int n = 0; n < 16; ++n) {
-            net::SockAddr peer;
-            net::Fd fd = net::accept_client(listener_, peer);
-            if (!fd) return;
-            if (clients_.size() >= max_clients) evict_oldest_waiting();
-            if (clients_.size() >= max_clients) return;  // all busy writing replies: drop the newcomer
-            clients_.push_back(Client{std::move(fd), std::string(), std::string(), 0, Clock::now() + patience});
-        }
-    }
-
-    // `ready`: the revents of the clients, in the order want() listed them.
-    void serve(const std::vector<short>& ready, int64_t now_ms) {
-        Clock::time_point now = Clock::now();
-        for (size_t i = clients_.size(); i-- > 0;) {
-            Client& c = clients_[i];
-            bool done = now >= c.deadline;
-            if (!done && i < ready.size() && ready[i]) done = c.reply.empty() ? read_request(c, now_ms) : write_reply(c);
-            if (done) clients_.erase(clients_.begin() + static_cast<long>(i));
-        }
-    }
+    using request_server::Server::accept_all;
+    void accept_all(int64_t) { accept_all(); }
 
 private:
-    struct Client {
-        net::Fd fd;
-        std::string request, reply;
-        size_t sent;
-        Clock::time_point deadline;
-    };
-
-    void evict_oldest_waiting() {
-        for (size_t i = 0; i < clients_.size(); ++i)
-            if (clients_[i].reply.empty()) {
-                clients_.erase(clients_.begin() + static_cast<long>(i));
-                return;
-            }
-    }
-
-    // Returns true when the client is finished with (error or EOF).
-    bool read_request(Client& c, int64_t now_ms) {
-        char buf[2048];
-        ssize_t n = ::recv(c.fd.get(), buf, sizeof buf, 0);
-        if (n <= 0) return !(n < 0 && (errno == EAGAIN || errno == EINTR));
-        c.request.append(buf, static_cast<size_t>(n));
-        if (c.request.size() > 8192) return true;
-        if (c.request.find("\r\n\r\n") == std::string::npos && c.request.find("\n\n") == std::string::npos)
-            return false;
-        bool wanted = c.request.compare(0, 13, "GET /metrics ") == 0 || c.request.compare(0, 13, "GET /metrics?") == 0;
-        std::string body = wanted ? render(shared_, now_ms) : "not found: try GET /metrics\n";
-        char head[160];
-        snprintf(head, sizeof head,
-                 "HTTP/1.1 %s\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n"
-                 "Content-Length: %zu\r\nConnection: close\r\n\r\n",
-                 wanted ? "200 OK" : "404 Not Found", body.size());
-        c.reply = head + body;
-        return write_reply(c);
-    }
-
-    bool write_reply(Client& c) {
-        ssize_t n = ::send(c.fd.get(), c.reply.data() + c.sent, c.reply.size() - c.sent, relay_flags());
-        if (n < 0) return !(errno == EAGAIN || errno == EINTR);
-        c.sent += static_cast<size_t>(n);
-        if (c.sent < c.reply.size()) return false;
-        ::shutdown(c.fd.get(), SHUT_WR);  // the request was read whole: close() sends no RST
-        return true;
-    }
-
-    static int relay_flags() {
-#ifdef MSG_NOSIGNAL
-        return MSG_NOSIGNAL;
-#else
-        return 0;
-#endif
-    }
-
     static constexpr size_t max_clients = 32;
     static constexpr std::chrono::seconds patience{5};
+    static constexpr size_t max_request = 8192;  // a longer one is dropped unanswered
 
-    int listener_;
-    const upstreams::Shared& shared_;
-    std::vector<Client> clients_;
+    static request_server::Judge judge(const upstreams::Shared& shared) {
+        return [&shared](std::string& request, bool, int64_t now_ms, std::string& reply) {
+            if (request.size() > max_request) return request_server::Verdict::drop;
+            if (request.find("\r\n\r\n") == std::string::npos && request.find("\n\n") == std::string::npos)
+                return request_server::Verdict::more;
+            reply = http_reply(request, shared, now_ms);
+            return request_server::Verdict::answer;
+        };
+    }
 };
 
 }  // namespace metrics
