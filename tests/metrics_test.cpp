@@ -9,6 +9,7 @@
 #include <set>
 
 #include "harness.hpp"
+#include "peers.hpp"
 
 using namespace harness;
 
@@ -265,14 +266,6 @@ uint16_t metrics_port(const Daemon& d) {
     return static_cast<uint16_t>(atoi(text.substr(colon + 1, end - colon - 1).c_str()));
 }
 
-std::string find_program(const std::string& name) {
-    for (const char* dir : {"/usr/bin", "/bin", "/usr/local/bin"}) {
-        std::string file = std::string(dir) + "/" + name;
-        if (::access(file.c_str(), X_OK) == 0) return file;
-    }
-    return "";
-}
-
 using Labels = std::map<std::string, std::string>;
 
 const char* const families[] = {
@@ -472,7 +465,7 @@ TEST_CASE("the metrics reply is HTTP with the text format's content type, also t
         CHECK(http(mport, request).status == 404);
     }
 
-    std::string curl = find_program("curl");
+    std::string curl = peers::find_program("curl");
     if (curl.empty()) {
         WARN("curl not found (Debian package curl): the curl half of this test is skipped");
         return;

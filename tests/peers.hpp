@@ -16,10 +16,16 @@ namespace peers {
 
 using namespace harness;
 
+// The program's path: on $PATH, else in the usual places (sbin too, where
+// Debian puts haproxy and nginx).
 inline std::string find_program(const std::string& name) {
-    for (const char* dir : {"/usr/bin", "/usr/sbin", "/bin", "/sbin", "/usr/local/bin", "/usr/local/sbin"}) {
-        std::string file = std::string(dir) + "/" + name;
-        if (::access(file.c_str(), X_OK) == 0) return file;
+    std::string path = getenv("PATH") ? getenv("PATH") : "";
+    path += ":/usr/bin:/usr/sbin:/bin:/sbin:/usr/local/bin:/usr/local/sbin";
+    for (size_t at = 0; at <= path.size();) {
+        size_t end = std::min(path.find(':', at), path.size());
+        std::string dir = path.substr(at, end - at);
+        if (!dir.empty() && ::access((dir + "/" + name).c_str(), X_OK) == 0) return dir + "/" + name;
+        at = end + 1;
     }
     return "";
 }

@@ -9,30 +9,15 @@
 // Without either, the cases WARN and pass without checking anything.
 #include <catch2/catch.hpp>
 
-#include <sys/prctl.h>
+#include <memory>
 
 #include "harness.hpp"
+#include "peers.hpp"
 
 using namespace harness;
+using peers::find_program;
 
 namespace {
-
-std::string find_program(const std::string& name) {
-    std::string path = getenv("PATH") ? getenv("PATH") : "";
-    path += ":/usr/sbin:/sbin:/usr/local/sbin:/usr/bin:/bin";
-    size_t at = 0;
-    while (at <= path.size()) {
-        size_t end = path.find(':', at);
-        if (end == std::string::npos) end = path.size();
-        std::string dir = path.substr(at, end - at);
-        if (!dir.empty()) {
-            std::string file = dir + "/" + name;
-            if (::access(file.c_str(), X_OK) == 0) return file;
-        }
-        at = end + 1;
-    }
-    return "";
-}
 
 // HAProxy from Debian when it is missing and we may install it: once per run,
 // bounded, without letting Debian start the packaged service.
@@ -110,10 +95,7 @@ public:
     }
     const char* name() const { return kind_ == Kind::haproxy ? "haproxy" : "nginx"; }
     std::string log() const {
-        net::Fd fd(::open((dir_.path() + "/log").c_str(), O_RDONLY | O_CLOEXEC));
-        std::string text = fd ? drain_fd(fd.get()) : "";
-        net::Fd err(::open((dir_.path() + "/error.log").c_str(), O_RDONLY | O_CLOEXEC));
-        return text + (err ? drain_fd(err.get()) : "");
+        return peers::file_text(dir_.path() + "/log") + peers::file_text(dir_.path() + "/error.log");
     }
 
 private:
@@ -159,31 +141,10 @@ private:
         std::vector<std::string> args;
         if (kind_ == Kind::haproxy) args = {program_, "-f", cfg, "-db"};
         else args = {program_, "-e", err_file, "-c", cfg};
-        pid_ = fork();
-        if (pid_ == 0) {
-            prctl(PR_SET_PDEATHSIG, SIGKILL);  // never outlives the test
-            int out = ::open(log_file.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
-            int in = ::open("/dev/null", O_RDONLY);
-            dup2(in, 0);
-            dup2(out, 1);
-            dup2(out, 2);
-            std::vector<char*> argv;
-            for (std::string& a : args) argv.push_back(&a[0]);
-            argv.push_back(nullptr);
-            execv(argv[0], argv.data());
-            _exit(127);
-        }
+        child_.reset(new peers::Child(args, log_file));
     }
 
-    bool running() {
-        if (pid_ <= 0) return false;
-        int status;
-        if (waitpid(pid_, &status, WNOHANG) == pid_) {
-            pid_ = -1;
-            return false;
-        }
-        return true;
-    }
+    bool running() { return child_ && child_->running(); }
 
     // Ready when both listeners answer a hand-made v1 header with the
     // address it names: the consumer is up and configured as intended.
@@ -204,23 +165,14 @@ private:
                running();
     }
 
-    void stop() {
-        if (pid_ <= 0) return;
-        kill(pid_, SIGTERM);
-        int status;
-        if (!wait_until([&] { return waitpid(pid_, &status, WNOHANG) == pid_; }, 3000ms)) {
-            kill(pid_, SIGKILL);
-            waitpid(pid_, &status, 0);
-        }
-        pid_ = -1;
-    }
+    void stop() { child_.reset(); }
 
     Kind kind_;
     std::string program_;
     bool v6_;
     TempDir dir_;
     uint16_t port4_ = 0, port6_ = 0;
-    pid_t pid_ = -1;
+    std::unique_ptr<peers::Child> child_;
     bool ready_ = false;
 };
 
