@@ -7,11 +7,9 @@
 #include <catch2/catch.hpp>
 
 #include <atomic>
-#include <set>
+#include <memory>
 #include <thread>
 #include <vector>
-
-#include <sys/resource.h>
 
 #include "harness.hpp"
 
@@ -19,49 +17,15 @@ using namespace harness;
 
 namespace {
 
-// Lowers a process's soft descriptor limit for the life of the object.
-class SoftFdLimit {
-public:
-    SoftFdLimit(pid_t pid, rlim_t soft) : pid_(pid) {
-        if (::prlimit(pid_, RLIMIT_NOFILE, nullptr, &before_) != 0) return;
-        rlimit lowered = before_;
-        lowered.rlim_cur = soft;
-        ok_ = ::prlimit(pid_, RLIMIT_NOFILE, &lowered, nullptr) == 0;
-    }
-    ~SoftFdLimit() {
-        if (ok_) ::prlimit(pid_, RLIMIT_NOFILE, &before_, nullptr);
-    }
-    bool ok() const { return ok_; }
-
-private:
-    pid_t pid_;
-    rlimit before_{};
-    bool ok_ = false;
-};
-
-// The descriptor numbers a process holds.
-std::set<int> fd_numbers(pid_t pid) {
-    std::set<int> out;
-    std::string path = "/proc/" + std::to_string(pid) + "/fd";
-    DIR* dir = opendir(path.c_str());
-    if (!dir) return out;
-    while (dirent* e = readdir(dir))
-        if (e->d_name[0] != '.') out.insert(atoi(e->d_name));
-    closedir(dir);
-    return out;
-}
-
-// The soft limit under which exactly `room` descriptor numbers are free
-// (the kernel hands out the lowest free number and refuses numbers at or
-// above the limit).
-rlim_t limit_with_room(pid_t pid, int room) {
-    std::set<int> held = fd_numbers(pid);
-    int n = 0;
-    for (int free_seen = 0;; ++n) {
-        if (held.count(n)) continue;
-        if (++free_seen > room) break;
-    }
-    return static_cast<rlim_t>(n);
+// Leaves the worker room for exactly one relayed connection, once a first
+// exchange has made what it keeps (pools) and its descriptors have settled.
+std::unique_ptr<SoftFdLimit> room_for_one(uint16_t port, pid_t worker) {
+    std::string reply;
+    REQUIRE(exchange(port, "warm\n", reply));
+    settled_fd_count(worker);
+    std::unique_ptr<SoftFdLimit> limit(new SoftFdLimit(worker, limit_with_room(worker, 2)));
+    REQUIRE(limit->ok());
+    return limit;
 }
 
 // Clients that connect, send a line, read the echo and close, in a loop,
@@ -114,11 +78,8 @@ TEST_CASE("at the descriptor limit every listener gets its turn: a rule listed l
         REQUIRE(port_c != 0);
         std::vector<pid_t> workers = d.workers(1);
         REQUIRE(workers.size() == 1);
+        auto limit = room_for_one(port_c, workers[0]);
         std::string reply;
-        REQUIRE(exchange(port_c, "warm\n", reply));  // the worker has made what it keeps (pools)
-        settled_fd_count(workers[0]);
-        SoftFdLimit limit(workers[0], limit_with_room(workers[0], 2));
-        REQUIRE(limit.ok());
         Loopers loop(port_a, 8);
         REQUIRE(d.wait_log("pausing accepts", 10000ms));  // the shortage is real
         int served = 0;
@@ -145,15 +106,9 @@ TEST_CASE("at the descriptor limit accepts resume as soon as a connection closes
           "[accept][fdlimit]") {
     Server up(echo);
     Daemon d(one_rule(up), {"-w", "1", "-v=false"});
-    uint16_t port = d.port("r");
-    REQUIRE(port != 0);
+    uint16_t port = d.ready_port(1);
     std::vector<pid_t> workers = d.workers(1);
-    REQUIRE(workers.size() == 1);
-    std::string reply;
-    REQUIRE(exchange(port, "warm\n", reply));
-    settled_fd_count(workers[0]);
-    SoftFdLimit limit(workers[0], limit_with_room(workers[0], 2));
-    REQUIRE(limit.ok());
+    auto limit = room_for_one(port, workers[0]);
     Loopers loop(port, 8);
     REQUIRE(d.wait_log("pausing accepts", 10000ms));
     long before = loop.served();
@@ -171,18 +126,13 @@ TEST_CASE("at the descriptor limit accepts resume as soon as a connection closes
 TEST_CASE("at the descriptor limit with clients waiting, an idle worker does not spin", "[accept][fdlimit]") {
     Server up(echo);
     Daemon d(one_rule(up), {"-w", "1", "-v=false"});
-    uint16_t port = d.port("r");
-    REQUIRE(port != 0);
+    uint16_t port = d.ready_port(1);
     std::vector<pid_t> workers = d.workers(1);
-    REQUIRE(workers.size() == 1);
-    std::string reply;
-    REQUIRE(exchange(port, "warm\n", reply));
-    settled_fd_count(workers[0]);
-    SoftFdLimit limit(workers[0], limit_with_room(workers[0], 2));
-    REQUIRE(limit.ok());
+    auto limit = room_for_one(port, workers[0]);
     // One connection takes the room and stays open; more wait in the backlog.
     net::Fd held = dial(port);
     REQUIRE(held);
+    std::string reply;
     REQUIRE(send_all(held.get(), std::string("held\n")));
     REQUIRE(read_exact(held.get(), reply, 5));
     std::vector<net::Fd> waiting;
@@ -211,10 +161,8 @@ TEST_CASE("long-lived connections opened at once spread over the workers instead
           "[accept][balance]") {
     Server up(echo);
     Daemon d(one_rule(up), {"-w", "2", "-v=false"});
-    uint16_t port = d.port("r");
-    REQUIRE(port != 0);
+    uint16_t port = d.ready_port(2);
     std::vector<pid_t> workers = d.workers(2);
-    REQUIRE(workers.size() == 2);
     for (int round = 0; round < 3; ++round) {
         INFO("round " << round);
         std::vector<int> base;

@@ -342,10 +342,8 @@ TEST_CASE("log lines carry Go's timestamp and the startup line prints the upstre
 TEST_CASE("with -v=false no Connected or Closed lines are logged", "[cli]") {
     Server up(digest);
     Daemon d(rules_yaml({rule_yaml("r", "127.0.0.1:0", {up.address()})}), {"-w", "1", "-v=false"});
-    uint16_t port = d.port("r");
-    REQUIRE(port != 0);
+    uint16_t port = d.ready_port(1);
     std::vector<pid_t> workers = d.workers(1);
-    REQUIRE(workers.size() == 1);
     for (int i = 0; i < 5; ++i) {
         net::Fd fd = dial(port);
         REQUIRE(fd);

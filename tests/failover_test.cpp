@@ -64,10 +64,8 @@ TEST_CASE("only a black-hole upstream: the client is closed within 3 s and the d
     BlackHole hole;
     REQUIRE(hole.swallows());
     Daemon d(one_rule({hole.address()}), {"-w", "1", "-t", "300ms"});
-    uint16_t port = d.port("r");
-    REQUIRE(port != 0);
+    uint16_t port = d.ready_port(1);
     std::vector<pid_t> workers = d.workers(1);
-    REQUIRE(workers.size() == 1);
     for (int round = 0; round < 2; ++round) {
         net::Fd fd = dial(port);
         REQUIRE(fd);
@@ -118,10 +116,8 @@ TEST_CASE("a client that resets while its dial is pending cancels the dial at on
     BlackHole hole;
     REQUIRE(hole.swallows());
     Daemon d(one_rule({hole.address()}), {"-w", "1", "-t", "5s"});
-    uint16_t port = d.port("r");
-    REQUIRE(port != 0);
+    uint16_t port = d.ready_port(1);
     std::vector<pid_t> workers = d.workers(1);
-    REQUIRE(workers.size() == 1);
     const pid_t worker = workers[0];
     const int baseline = settled_fd_count(worker);
     REQUIRE(baseline > 0);
@@ -147,10 +143,8 @@ TEST_CASE("dials that time out leave no descriptor behind and are never complete
     BlackHole hole;
     REQUIRE(hole.swallows());
     Daemon d(one_rule({hole.address()}), {"-w", "1", "-v=false", "-t", "200ms"});
-    uint16_t port = d.port("r");
-    REQUIRE(port != 0);
+    uint16_t port = d.ready_port(1);
     std::vector<pid_t> workers = d.workers(1);
-    REQUIRE(workers.size() == 1);
     const pid_t worker = workers[0];
     const int baseline = settled_fd_count(worker);
     REQUIRE(baseline > 0);

@@ -3,53 +3,11 @@
 // loopback; every wait has a deadline.
 #include <catch2/catch.hpp>
 
-#include <sys/resource.h>
-
 #include "harness.hpp"
 
 using namespace harness;
 
 namespace {
-
-// The lowest descriptor number a process does not hold: with its soft
-// RLIMIT_NOFILE there, it can open nothing more.
-int lowest_free_fd(pid_t pid) {
-    std::string path = "/proc/" + std::to_string(pid) + "/fd";
-    std::vector<bool> held;
-    DIR* dir = opendir(path.c_str());
-    if (!dir) return -1;
-    while (dirent* e = readdir(dir)) {
-        if (e->d_name[0] == '.') continue;
-        size_t n = static_cast<size_t>(atoi(e->d_name));
-        if (n >= held.size()) held.resize(n + 1, false);
-        held[n] = true;
-    }
-    closedir(dir);
-    size_t i = 0;
-    while (i < held.size() && held[i]) ++i;
-    return static_cast<int>(i);
-}
-
-// Lowers only the soft descriptor limit of a running process (root cannot
-// raise a lowered hard limit again) and puts it back when it goes.
-class SoftFdLimit {
-public:
-    SoftFdLimit(pid_t pid, rlim_t soft) : pid_(pid) {
-        if (prlimit(pid_, RLIMIT_NOFILE, nullptr, &old_) != 0) return;
-        rlimit lowered = old_;
-        lowered.rlim_cur = soft;
-        ok_ = prlimit(pid_, RLIMIT_NOFILE, &lowered, nullptr) == 0;
-    }
-    ~SoftFdLimit() {
-        if (ok_) prlimit(pid_, RLIMIT_NOFILE, &old_, nullptr);
-    }
-    bool ok() const { return ok_; }
-
-private:
-    pid_t pid_;
-    rlimit old_{};
-    bool ok_ = false;
-};
 
 // The `accepted=` count of the last SIGUSR1 stats line for worker `pid`.
 long accepted_by(const Daemon& d, pid_t pid) {
@@ -77,10 +35,8 @@ TEST_CASE("a worker out of descriptors does not hold the other back: 200 connect
     Server up(digest);
     REQUIRE(up.ok());
     Daemon d(one_rule(up), {"-w", "2", "-v=false"});
-    uint16_t port = d.port("r");
-    REQUIRE(port != 0);
+    uint16_t port = d.ready_port(2);
     std::vector<pid_t> workers = d.workers(2);
-    REQUIRE(workers.size() == 2);
     // Both workers have started and settled before one is starved.
     for (int i = 0; i < 4; ++i) {
         std::string reply;
@@ -88,9 +44,9 @@ TEST_CASE("a worker out of descriptors does not hold the other back: 200 connect
     }
     const pid_t starved = workers[0];
     settled_fd_count(starved);
-    int limit = lowest_free_fd(starved);
+    rlim_t limit = limit_with_room(starved, 0);  // it can open nothing more
     REQUIRE(limit > 0);
-    SoftFdLimit lowered(starved, static_cast<rlim_t>(limit));
+    SoftFdLimit lowered(starved, limit);
     REQUIRE(lowered.ok());
     const pid_t healthy = workers[1];
     const long healthy_before = fresh_accepted(d, healthy);

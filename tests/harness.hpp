@@ -21,6 +21,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -36,6 +37,8 @@
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+#include <catch2/catch.hpp>
 
 #include "net.hpp"
 
@@ -659,6 +662,54 @@ inline int settled_fd_count(pid_t pid, Ms limit = 3000ms) {
     return last;
 }
 
+// The descriptor numbers a process holds.
+inline std::set<int> fd_numbers(pid_t pid) {
+    std::set<int> out;
+    std::string path = "/proc/" + std::to_string(pid) + "/fd";
+    DIR* dir = opendir(path.c_str());
+    if (!dir) return out;
+    while (dirent* e = readdir(dir))
+        if (e->d_name[0] != '.') out.insert(atoi(e->d_name));
+    closedir(dir);
+    return out;
+}
+
+// The soft limit under which exactly `room` descriptor numbers are free
+// (the kernel hands out the lowest free number and refuses numbers at or
+// above the limit); with room 0, the lowest number the process does not hold.
+inline rlim_t limit_with_room(pid_t pid, int room) {
+    std::set<int> held = fd_numbers(pid);
+    int n = 0;
+    for (int free_seen = 0;; ++n) {
+        if (held.count(n)) continue;
+        if (++free_seen > room) break;
+    }
+    return static_cast<rlim_t>(n);
+}
+
+// Lowers only the soft descriptor limit of a running process (root cannot
+// raise a lowered hard limit again) and puts it back when it goes.
+class SoftFdLimit {
+public:
+    SoftFdLimit(pid_t pid, rlim_t soft) : pid_(pid) {
+        if (::prlimit(pid_, RLIMIT_NOFILE, nullptr, &before_) != 0) return;
+        rlimit lowered = before_;
+        lowered.rlim_cur = soft;
+        ok_ = ::prlimit(pid_, RLIMIT_NOFILE, &lowered, nullptr) == 0;
+    }
+    ~SoftFdLimit() {
+        if (ok_) ::prlimit(pid_, RLIMIT_NOFILE, &before_, nullptr);
+    }
+    SoftFdLimit(const SoftFdLimit&) = delete;
+    SoftFdLimit& operator=(const SoftFdLimit&) = delete;
+    bool ok() const { return ok_; }
+
+private:
+    pid_t pid_;
+    rlimit before_{};
+    bool ok_ = false;
+};
+
 // Direct children of pid (the workers of a mixctl parent).
 inline std::vector<pid_t> children(pid_t pid) {
     std::vector<pid_t> out;
@@ -787,6 +838,15 @@ public:
         std::vector<pid_t> found;
         wait_until([&] { return (found = children(pid_)).size() == n; }, limit);
         return found;
+    }
+
+    // The start most integration tests share: REQUIREs that rule `rule`
+    // listens and that `n` workers run; returns the rule's port.
+    uint16_t ready_port(size_t n, const std::string& rule = "r") const {
+        uint16_t bound = port(rule);
+        REQUIRE(bound != 0);
+        REQUIRE(workers(n).size() == n);
+        return bound;
     }
 
     void signal(int number) const { kill(pid_, number); }

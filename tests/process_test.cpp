@@ -85,10 +85,8 @@ std::vector<Stats> stats(Daemon& d, int count) {
 TEST_CASE("SIGTERM: exit 0 within 3 s and no process of the group left", "[process]") {
     Server up(echo);
     Daemon d(one_rule(up), {"-w", "2"});
-    uint16_t port = d.port("r");
-    REQUIRE(port != 0);
+    uint16_t port = d.ready_port(2);
     std::vector<pid_t> workers = d.workers(2);
-    REQUIRE(workers.size() == 2);
     std::string reply;
     REQUIRE(exchange(port, "hello", reply));
     CHECK(reply == "hello");
@@ -112,9 +110,7 @@ TEST_CASE("SIGTERM with a live connection: it keeps working, new ones are refuse
           "[process]") {
     Server up(echo);
     Daemon d(one_rule(up), {"-w", "1"});
-    uint16_t port = d.port("r");
-    REQUIRE(port != 0);
-    REQUIRE(d.workers(1).size() == 1);
+    uint16_t port = d.ready_port(1);
     net::Fd fd = dial(port);
     REQUIRE(fd);
     REQUIRE(round_trip(fd.get(), "before"));
@@ -143,9 +139,7 @@ TEST_CASE("SIGTERM with a live connection: it keeps working, new ones are refuse
 TEST_CASE("a second SIGTERM during the grace period exits at once", "[process]") {
     Server up(echo);
     Daemon d(one_rule(up), {"-w", "1"});
-    uint16_t port = d.port("r");
-    REQUIRE(port != 0);
-    REQUIRE(d.workers(1).size() == 1);
+    uint16_t port = d.ready_port(1);
     net::Fd fd = dial(port);
     REQUIRE(fd);
     REQUIRE(round_trip(fd.get(), "x"));
@@ -167,9 +161,7 @@ TEST_CASE("a second SIGTERM during the grace period exits at once", "[process]")
 TEST_CASE("with -grace 1s and a connection that never ends: exit 0 after about 1 s", "[process]") {
     Server up(echo);
     Daemon d(one_rule(up), {"-w", "1", "-grace", "1s"});
-    uint16_t port = d.port("r");
-    REQUIRE(port != 0);
-    REQUIRE(d.workers(1).size() == 1);
+    uint16_t port = d.ready_port(1);
     net::Fd fd = dial(port);
     REQUIRE(fd);
     REQUIRE(round_trip(fd.get(), "x"));
@@ -194,9 +186,7 @@ TEST_CASE("SIGTERM to the whole process group, as systemd sends it, still gives 
           "[process]") {
     Server up(echo);
     Daemon d(one_rule(up), {"-w", "1", "-grace", "5s"});
-    uint16_t port = d.port("r");
-    REQUIRE(port != 0);
-    REQUIRE(d.workers(1).size() == 1);
+    uint16_t port = d.ready_port(1);
     net::Fd fd = dial(port);
     REQUIRE(fd);
     REQUIRE(round_trip(fd.get(), "x"));
@@ -217,10 +207,8 @@ TEST_CASE("SIGTERM to the whole process group, as systemd sends it, still gives 
 TEST_CASE("a SIGKILLed worker is replaced and service never stops", "[process]") {
     Server up(digest);
     Daemon d(one_rule(up), {"-w", "2", "-v=false"});
-    uint16_t port = d.port("r");
-    REQUIRE(port != 0);
+    uint16_t port = d.ready_port(2);
     std::vector<pid_t> workers = d.workers(2);
-    REQUIRE(workers.size() == 2);
 
     std::atomic<bool> stop{false};
     std::atomic<int> good{0}, bad{0};
@@ -299,10 +287,8 @@ TEST_CASE("with -w 4 and 400 sequential connections: every worker serves some, n
           "[process]") {
     Server up(echo);
     Daemon d(one_rule(up), {"-w", "4", "-v=false"});
-    uint16_t port = d.port("r");
-    REQUIRE(port != 0);
+    uint16_t port = d.ready_port(4);
     std::vector<pid_t> workers = d.workers(4);
-    REQUIRE(workers.size() == 4);
     int good = 0;
     for (int i = 0; i < 400; ++i) {
         std::string reply;
@@ -332,9 +318,7 @@ TEST_CASE("with -w 2 and one client at a time: no connection waits for a worker'
     // bound, so that bound is what no connection may reach.
     Server up(echo);
     Daemon d(one_rule(up), {"-w", "2", "-v=false"});
-    uint16_t port = d.port("r");
-    REQUIRE(port != 0);
-    REQUIRE(d.workers(2).size() == 2);
+    uint16_t port = d.ready_port(2);
     int good = 0, stalled = 0;
     std::vector<long> took;
     for (int i = 0; i < 100; ++i) {
@@ -355,10 +339,8 @@ TEST_CASE("with -w 2 and one client at a time: no connection waits for a worker'
 TEST_CASE("a stopped worker does not strand connections: 20 of 20 served within 3 s each", "[process]") {
     Server up(echo);
     Daemon d(one_rule(up), {"-w", "2", "-v=false"});
-    uint16_t port = d.port("r");
-    REQUIRE(port != 0);
+    uint16_t port = d.ready_port(2);
     std::vector<pid_t> workers = d.workers(2);
-    REQUIRE(workers.size() == 2);
     for (int i = 0; i < 4; ++i) {
         std::string reply;
         REQUIRE(exchange(port, "warm", reply));

@@ -215,10 +215,8 @@ TEST_CASE("an abort on either side reaches the other side as a reset, never as a
     Peer peer;
     REQUIRE(peer.ok());
     Daemon d(one_rule({peer.address()}), {"-w", "1", "-v=false"});
-    uint16_t port = d.port("r");
-    REQUIRE(port != 0);
+    uint16_t port = d.ready_port(1);
     std::vector<pid_t> workers = d.workers(1);
-    REQUIRE(workers.size() == 1);
     for (const Cell& cell : matrix) {
         const std::string message = pattern(cell.size, cell.size + (cell.upload ? 1 : 2));
         peer.set(cell, message);

@@ -51,6 +51,14 @@ std::string who(uint16_t port, const char* source = nullptr, net::Fd* keep = nul
     return line.substr(0, line.find('\n'));
 }
 
+// Who answered each of `n` connections in a row, by name ("" for each one
+// not served).
+std::map<std::string, int> tally(uint16_t port, int n) {
+    std::map<std::string, int> got;
+    for (int i = 0; i < n; ++i) ++got[who(port)];
+    return got;
+}
+
 // ---- SIGUSR1 stats ---------------------------------------------------------------
 
 struct Stat {
@@ -196,11 +204,8 @@ TEST_CASE("round-robin over 3 upstreams with 4 workers: 300 connections give eac
     Server a(banner("A")), b(banner("B")), c(banner("C"));
     Daemon d(policy_rule("  strategy: round-robin\n", {quoted(a.address()), quoted(b.address()), quoted(c.address())}),
              {"-w", "4", "-v=false"});
-    uint16_t port = d.port("r");
-    REQUIRE(port != 0);
-    REQUIRE(d.workers(4).size() == 4);
-    std::map<std::string, int> got;
-    for (int i = 0; i < 300; ++i) ++got[who(port)];
+    uint16_t port = d.ready_port(4);
+    std::map<std::string, int> got = tally(port, 300);
     INFO("A=" << got["A"] << " B=" << got["B"] << " C=" << got["C"]);
     CHECK(got[""] == 0);
     for (const char* name : {"A", "B", "C"}) {
@@ -322,8 +327,7 @@ TEST_CASE("weights 3:1 with round-robin: 400 connections split 300/100 +- 8", "[
              {"-w", "2", "-v=false"});
     uint16_t port = d.port("r");
     REQUIRE(port != 0);
-    std::map<std::string, int> got;
-    for (int i = 0; i < 400; ++i) ++got[who(port)];
+    std::map<std::string, int> got = tally(port, 400);
     INFO("A=" << got["A"] << " B=" << got["B"]);
     CHECK(got[""] == 0);
     CHECK(got["A"] >= 292);
@@ -337,8 +341,7 @@ TEST_CASE("weights 3:1 with random: 400 connections split about 300/100", "[stra
              {"-w", "2", "-v=false"});
     uint16_t port = d.port("r");
     REQUIRE(port != 0);
-    std::map<std::string, int> got;
-    for (int i = 0; i < 400; ++i) ++got[who(port)];
+    std::map<std::string, int> got = tally(port, 400);
     INFO("A=" << got["A"] << " B=" << got["B"]);
     CHECK(got[""] == 0);
     // Binomial(400, 0.75): mean 300, sd 8.7; +- 45 is over 5 sd.
@@ -357,8 +360,7 @@ TEST_CASE("a backup serves only while the primary is down", "[strategy]") {
     uint16_t port = d.port("r");
     REQUIRE(port != 0);
 
-    std::map<std::string, int> got;
-    for (int i = 0; i < 20; ++i) ++got[who(port)];
+    std::map<std::string, int> got = tally(port, 20);
     CHECK(got["A"] == 20);
     CHECK(b.accepted() == 0);
 
@@ -455,8 +457,7 @@ TEST_CASE("active health: a dead upstream is marked down before any client is se
     CHECK(s[a.address()].state == "up");
     CHECK(s[x_address].failed == 0);
 
-    std::map<std::string, int> got;
-    for (int i = 0; i < 20; ++i) ++got[who(port)];
+    std::map<std::string, int> got = tally(port, 20);
     CHECK(got["A"] == 20);
     CHECK(d.count("error dialing") == 0);  // not one client was sent to it
 
@@ -516,10 +517,8 @@ TEST_CASE("a killed worker's connections stop counting as active, so least-conn 
     Server a(banner("A")), b(banner("B"));
     Daemon d(policy_rule("  strategy: least-conn\n", {quoted(a.address()), quoted(b.address())}),
              {"-w", "1", "-v=false"});
-    uint16_t port = d.port("r");
-    REQUIRE(port != 0);
+    uint16_t port = d.ready_port(1);
     std::vector<pid_t> before = d.workers(1);
-    REQUIRE(before.size() == 1);
 
     // Two connections held on A, none on B.
     std::map<std::string, std::vector<net::Fd>> held;
@@ -660,8 +659,7 @@ TEST_CASE("DNS: a name that changes address in /etc/hosts is followed without a 
     REQUIRE(port != 0);
     const pid_t pid = d.pid();
     auto ten = [&] {
-        std::map<std::string, int> got;
-        for (int i = 0; i < 10; ++i) ++got[who(port)];
+        std::map<std::string, int> got = tally(port, 10);
         return got;
     };
     CHECK(ten()["A"] == 10);

@@ -148,16 +148,35 @@ struct TwoWorkersOverEcho {
           d(one_rule({up.address()}), {"-w", "2", "-v=false"}) {
         REQUIRE(fd_room);
         REQUIRE(up.ok());
-        port = d.port("r");
-        REQUIRE(port != 0);
+        port = d.ready_port(2);
         workers = d.workers(2);
-        REQUIRE(workers.size() == 2);
     }
     bool fd_room;
     PollEcho up;
     Daemon d;
     uint16_t port = 0;
     std::vector<pid_t> workers;
+};
+
+// mixctl -w 1 with rule "r" to `up` and rule "warm" to a digest server; the
+// worker's RSS once 4 MiB went through "warm" (buffers, allocator) is the
+// baseline a stream through "r" must stay near.
+struct WarmedWorker {
+    explicit WarmedWorker(const Server& up)
+        : d(rules_yaml({rule_yaml("r", "127.0.0.1:0", {up.address()}),
+                        rule_yaml("warm", "127.0.0.1:0", {warm_up.address()})}),
+            {"-w", "1", "-v=false"}),
+          port(d.ready_port(1)), worker(d.workers(1)[0]) {
+        std::string reply;
+        REQUIRE(exchange(d.ready_port(1, "warm"), pattern(4 << 20, 1), reply));
+        baseline = rss_kib(worker);
+        REQUIRE(baseline > 0);
+    }
+    Server warm_up{digest};
+    Daemon d;
+    uint16_t port;
+    pid_t worker;
+    long baseline = 0;
 };
 
 }  // namespace
@@ -177,23 +196,12 @@ TEST_CASE("a slow reader gets all 200 MB from a fast upstream while the worker's
         while (::recv(fd, &c, 1, 0) > 0) {
         }
     });
-    Server warm_up(digest);
-    Daemon d(rules_yaml({rule_yaml("r", "127.0.0.1:0", {up.address()}), rule_yaml("warm", "127.0.0.1:0", {warm_up.address()})}),
-             {"-w", "1", "-v=false"});
-    uint16_t port = d.port("r"), warm = d.port("warm");
-    REQUIRE(port != 0);
-    REQUIRE(warm != 0);
-    std::vector<pid_t> workers = d.workers(1);
-    REQUIRE(workers.size() == 1);
-    {  // warm the worker up (buffers, allocator) before taking the baseline
-        std::string reply;
-        REQUIRE(exchange(warm, pattern(4 << 20, 1), reply));
-    }
-    const long baseline = rss_kib(workers[0]);
-    REQUIRE(baseline > 0);
+    WarmedWorker f(up);
+    const uint16_t port = f.port;
+    const long baseline = f.baseline;
 
     Clock::time_point start = Clock::now();
-    RssSampler rss(workers[0]);
+    RssSampler rss(f.worker);
     net::Fd fd = dial(port, AF_INET, 30000ms);
     REQUIRE(fd);
     std::this_thread::sleep_for(1000ms);                          // reads nothing at first
@@ -225,23 +233,12 @@ TEST_CASE("a client sending 200 MB to a slow upstream delivers every byte while 
         send_all(fd, digest_line(sum));
         ::shutdown(fd, SHUT_WR);
     });
-    Server warm_up(digest);
-    Daemon d(rules_yaml({rule_yaml("r", "127.0.0.1:0", {up.address()}), rule_yaml("warm", "127.0.0.1:0", {warm_up.address()})}),
-             {"-w", "1", "-v=false"});
-    uint16_t port = d.port("r"), warm = d.port("warm");
-    REQUIRE(port != 0);
-    REQUIRE(warm != 0);
-    std::vector<pid_t> workers = d.workers(1);
-    REQUIRE(workers.size() == 1);
-    {  // warm the worker up: a few MB through it
-        std::string reply;
-        REQUIRE(exchange(warm, pattern(4 << 20, 1), reply));
-    }
-    const long baseline = rss_kib(workers[0]);
-    REQUIRE(baseline > 0);
+    WarmedWorker f(up);
+    const uint16_t port = f.port;
+    const long baseline = f.baseline;
 
     Clock::time_point start = Clock::now();
-    RssSampler rss(workers[0]);
+    RssSampler rss(f.worker);
     net::Fd fd = dial(port, AF_INET, 30000ms);
     REQUIRE(fd);
     // The client writes in bursts with pauses: 8 MiB, then 20 ms of nothing.
