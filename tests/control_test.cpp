@@ -35,16 +35,6 @@ std::string describe(const control::Command& c) {
            std::to_string(c.weight);
 }
 
-net::SockAddr v4(const std::string& ip, uint16_t port) {
-    net::SockAddr a;
-    auto* in = reinterpret_cast<sockaddr_in*>(&a.storage);
-    in->sin_family = AF_INET;
-    in->sin_port = htons(port);
-    inet_pton(AF_INET, ip.c_str(), &in->sin_addr);
-    a.length = sizeof(sockaddr_in);
-    return a;
-}
-
 struct Mapped {
     config::Config cfg;
     config::Diagnostics diag;
@@ -55,7 +45,7 @@ struct Mapped {
         std::vector<std::vector<std::vector<net::SockAddr>>> resolved;
         for (const config::Rule& r : cfg.rules) {
             resolved.emplace_back();
-            for (size_t u = 0; u < r.to.size(); ++u) resolved.back().push_back({v4("127.0.0.1", 1)});
+            for (size_t u = 0; u < r.to.size(); ++u) resolved.back().push_back({ip_port("127.0.0.1", 1)});
         }
         ok = shared.map(cfg, resolved);
     }

@@ -166,6 +166,14 @@ inline net::SockAddr loopback(uint16_t port, int family = AF_INET, const char* v
     return a;
 }
 
+// An IP literal (v4, v6, or v4-mapped "::ffff:a.b.c.d") and a port as a
+// socket address, for tests that build addresses rather than dial them.
+inline net::SockAddr ip_port(const std::string& ip, uint16_t port) {
+    net::SockAddr a;
+    net::parse_ip(ip, port, a);
+    return a;
+}
+
 // A blocking client socket with timeouts; invalid Fd on failure.
 inline net::Fd dial(uint16_t port, int family = AF_INET, Ms limit = 5000ms, const char* source_v4 = nullptr) {
     net::Fd fd(::socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0));

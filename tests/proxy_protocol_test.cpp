@@ -8,26 +8,6 @@ using namespace harness;
 
 namespace {
 
-net::SockAddr v4(const char* ip, uint16_t port) {
-    net::SockAddr a;
-    auto* in = reinterpret_cast<sockaddr_in*>(&a.storage);
-    in->sin_family = AF_INET;
-    inet_pton(AF_INET, ip, &in->sin_addr);
-    in->sin_port = htons(port);
-    a.length = sizeof *in;
-    return a;
-}
-
-net::SockAddr v6(const char* ip, uint16_t port) {
-    net::SockAddr a;
-    auto* in6 = reinterpret_cast<sockaddr_in6*>(&a.storage);
-    in6->sin6_family = AF_INET6;
-    inet_pton(AF_INET6, ip, &in6->sin6_addr);
-    in6->sin6_port = htons(port);
-    a.length = sizeof *in6;
-    return a;
-}
-
 std::string hex(const std::string& bytes) {
     std::string out;
     char two[3];
@@ -41,20 +21,20 @@ std::string hex(const std::string& bytes) {
 }  // namespace
 
 TEST_CASE("v1 headers follow the spec's text form", "[proxy]") {
-    CHECK(proxy_protocol::v1(v4("192.0.2.1", 56324), v4("198.51.100.1", 443)) ==
+    CHECK(proxy_protocol::v1(ip_port("192.0.2.1", 56324), ip_port("198.51.100.1", 443)) ==
           "PROXY TCP4 192.0.2.1 198.51.100.1 56324 443\r\n");
-    CHECK(proxy_protocol::v1(v6("2001:db8::1", 1), v6("::1", 65535)) == "PROXY TCP6 2001:db8::1 ::1 1 65535\r\n");
+    CHECK(proxy_protocol::v1(ip_port("2001:db8::1", 1), ip_port("::1", 65535)) == "PROXY TCP6 2001:db8::1 ::1 1 65535\r\n");
     // A v4 client on a dual-stack listener is a v4 client.
-    CHECK(proxy_protocol::v1(v6("::ffff:127.0.0.2", 4000), v6("::ffff:127.0.0.1", 80)) ==
+    CHECK(proxy_protocol::v1(ip_port("::ffff:127.0.0.2", 4000), ip_port("::ffff:127.0.0.1", 80)) ==
           "PROXY TCP4 127.0.0.2 127.0.0.1 4000 80\r\n");
-    CHECK(proxy_protocol::v1(v4("127.0.0.1", 1), v6("::1", 2)) == "PROXY UNKNOWN\r\n");
-    std::string longest = proxy_protocol::v1(v6("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", 65535),
-                                             v6("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", 65535));
+    CHECK(proxy_protocol::v1(ip_port("127.0.0.1", 1), ip_port("::1", 2)) == "PROXY UNKNOWN\r\n");
+    std::string longest = proxy_protocol::v1(ip_port("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", 65535),
+                                             ip_port("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", 65535));
     CHECK(longest.size() <= 107);
 }
 
 TEST_CASE("v2 headers carry the signature, family and big-endian fields", "[proxy]") {
-    std::string h = proxy_protocol::v2(v4("127.0.0.2", 0x1234), v4("127.0.0.1", 80));
+    std::string h = proxy_protocol::v2(ip_port("127.0.0.2", 0x1234), ip_port("127.0.0.1", 80));
     CHECK(hex(h) ==
           "0d0a0d0a000d0a515549540a"  // signature
           "21"                        // version 2, PROXY
@@ -64,7 +44,7 @@ TEST_CASE("v2 headers carry the signature, family and big-endian fields", "[prox
           "7f000001"
           "1234"
           "0050");
-    std::string h6 = proxy_protocol::v2(v6("::1", 1), v6("::2", 2));
+    std::string h6 = proxy_protocol::v2(ip_port("::1", 1), ip_port("::2", 2));
     CHECK(h6.size() == 16 + 36);
     CHECK(hex(h6.substr(12, 4)) == "21210024");
 }

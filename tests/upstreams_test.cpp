@@ -14,33 +14,16 @@
 #include <unistd.h>
 
 #include "config.hpp"
+#include "harness.hpp"
 #include "upstreams.hpp"
 
 namespace {
 
-net::SockAddr v4(const std::string& ip, uint16_t port) {
-    net::SockAddr a;
-    auto* in = reinterpret_cast<sockaddr_in*>(&a.storage);
-    in->sin_family = AF_INET;
-    in->sin_port = htons(port);
-    inet_pton(AF_INET, ip.c_str(), &in->sin_addr);
-    a.length = sizeof(sockaddr_in);
-    return a;
-}
-
-net::SockAddr v4_mapped(const std::string& ip, uint16_t port) {
-    net::SockAddr a;
-    auto* in6 = reinterpret_cast<sockaddr_in6*>(&a.storage);
-    in6->sin6_family = AF_INET6;
-    in6->sin6_port = htons(port);
-    inet_pton(AF_INET6, ("::ffff:" + ip).c_str(), &in6->sin6_addr);
-    a.length = sizeof(sockaddr_in6);
-    return a;
-}
+using harness::ip_port;
 
 // The i-th of many fake client addresses (never dialed).
 net::SockAddr client(int i, uint16_t port = 40000) {
-    return v4("10." + std::to_string((i >> 16) & 255) + "." + std::to_string((i >> 8) & 255) + "." +
+    return ip_port("10." + std::to_string((i >> 16) & 255) + "." + std::to_string((i >> 8) & 255) + "." +
                   std::to_string(i & 255),
               port);
 }
@@ -59,7 +42,7 @@ struct Fixture {
         for (size_t r = 0; r < cfg.rules.size(); ++r) {
             resolved.emplace_back();
             for (size_t u = 0; u < cfg.rules[r].to.size(); ++u)
-                resolved.back().push_back({v4("127.0.0.1", static_cast<uint16_t>(20000 + 100 * r + u))});
+                resolved.back().push_back({ip_port("127.0.0.1", static_cast<uint16_t>(20000 + 100 * r + u))});
         }
         ok = shared.map(cfg, resolved);
     }
@@ -141,7 +124,7 @@ TEST_CASE("set_addresses replaces an upstream's addresses and keeps at most max_
     Fixture f(rule("random", {"127.0.0.1:1"}));
     REQUIRE(f.ok);
     std::vector<net::SockAddr> many;
-    for (int i = 0; i < 12; ++i) many.push_back(v4("127.0.0." + std::to_string(i + 2), 80));
+    for (int i = 0; i < 12; ++i) many.push_back(ip_port("127.0.0." + std::to_string(i + 2), 80));
     uint32_t before = f.at(0).version.load();
     upstreams::Shared::set_addresses(f.at(0), many);
     CHECK(f.at(0).version.load() == before + 2);  // even again: readers see a stable list
@@ -406,7 +389,7 @@ TEST_CASE("source-hash: a client IP always gets the same upstream, whatever its 
         if (i % 100 == 0) {
             Rng other(static_cast<uint64_t>(i) + 5);
             for (uint16_t port : {1, 1024, 65535}) CHECK(first_choice(f, client(i, port), other) == first);
-            CHECK(first_choice(f, v4_mapped("10.0." + std::to_string((i >> 8) & 255) + "." + std::to_string(i & 255), 9),
+            CHECK(first_choice(f, ip_port("::ffff:10.0." + std::to_string((i >> 8) & 255) + "." + std::to_string(i & 255), 9),
                                other) == first);
         }
     }
