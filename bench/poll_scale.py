@@ -517,22 +517,27 @@ def run_workers(args, setup, meta, n):
               "idle CPU %: the proxy's CPU with the N idle connections and no load; poll()/req: from the count "
               "pass, a separate wrk run whose connections may land on other workers;\n"
               "PSS/USS idle: no connections; PSS loaded: with the N idle connections")
+    report(args, "poll-scale-workers.json", meta, table,
+           {"settings": settings, "configs": configs, "points": points, "summary": summary,
+            "pss_idle_kib_per_extra_worker": per_worker_slope(configs, summary),
+            "uss_idle_kib_per_extra_worker": per_worker_slope(configs, summary, "uss_idle_kib")})
+
+
+# ------------------------------------------------------------------ report --
+
+def report(args, default_name, meta, table, results):
+    """Prints the table and the run time, and writes meta, the table and
+    `results` as JSON to --json or bench/results/default_name."""
     meta["runtime_s"] = time.monotonic() - T0
     meta["loadavg_end"] = os.getloadavg()[0]
     print(table)
     print("runtime %.0f s" % meta["runtime_s"])
-    path = args.json or os.path.join(HERE, "results", "poll-scale-workers.json")
+    path = args.json or os.path.join(HERE, "results", default_name)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
-        json.dump({"meta": meta, "settings": settings, "configs": configs, "points": points, "summary": summary,
-                   "pss_idle_kib_per_extra_worker": per_worker_slope(configs, summary),
-                   "uss_idle_kib_per_extra_worker": per_worker_slope(configs, summary, "uss_idle_kib"),
-                   "table": table},
-                  f, indent=1, sort_keys=True)
+        json.dump(dict(results, meta=meta, table=table), f, indent=1, sort_keys=True)
     print("JSON: %s" % path)
 
-
-# ------------------------------------------------------------------ report --
 
 KEYS = ["cpu_us", "rate", "p50_us", "p99_us", "wait_per_req", "syscalls_per_req", "us_per_wait", "sys_pct", "held",
         "runq_wait_pct", "other_pct", "errors"]
@@ -733,20 +738,7 @@ def parse_args():
 def main():
     args = parse_args()
     bench.become_subreaper()
-    own_group_nice = None
-    if args.nice:
-        try:
-            os.nice(args.nice)
-            bench.PROCS.nice = args.nice
-            own_group_nice = bench.autogroup_nice(os.getpid(), args.nice)
-        except OSError:
-            log("cannot set nice %d: running at the default priority" % args.nice)
-            args.nice = 0
-    try:
-        run(args)
-    finally:
-        if own_group_nice is not None:
-            bench.autogroup_nice(os.getpid(), own_group_nice)
+    bench.run_niced(args, run, log)
 
 
 def run(args):
@@ -846,18 +838,10 @@ def run(args):
         tail.append("median of the repetitions; ±: half the range as % of the median; ratio: mixctl/haproxy; "
                     "growth: us/req relative to the first N")
         table += "\n" + "\n".join(tail)
-        meta["runtime_s"] = time.monotonic() - T0
-        meta["loadavg_end"] = os.getloadavg()[0]
-        print(table)
-        print("runtime %.0f s" % meta["runtime_s"])
-        path = args.json or os.path.join(HERE, "results", "poll-scale.json")
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(path, "w") as f:
-            json.dump({"meta": meta, "settings": settings, "points": points, "summary": summary,
-                       "crossover": dict(cross, text=cross_lines),
-                       "mixctl_ns_per_polled_fd": per_fd(summary, counts),
-                       "table": table}, f, indent=1, sort_keys=True)
-        print("JSON: %s" % path)
+        report(args, "poll-scale.json", meta, table,
+               {"settings": settings, "points": points, "summary": summary,
+                "crossover": dict(cross, text=cross_lines),
+                "mixctl_ns_per_polled_fd": per_fd(summary, counts)})
     finally:
         bench.PROCS.stop_all()
         if args.keep:

@@ -1027,6 +1027,12 @@ def parse_args():
 def main():
     args = parse_args()
     become_subreaper()
+    run_niced(args, run)
+
+
+def run_niced(args, body, say=None):
+    """Runs body(args) at nice args.nice, this process and its autogroup
+    (put back at the end); at the default priority when that is refused."""
     own_group_nice = None
     if args.nice:
         try:
@@ -1034,10 +1040,10 @@ def main():
             PROCS.nice = args.nice
             own_group_nice = autogroup_nice(os.getpid(), args.nice)
         except OSError:
-            log("cannot set nice %d: running at the default priority" % args.nice)
+            (say or log)("cannot set nice %d: running at the default priority" % args.nice)
             args.nice = 0
     try:
-        run(args)
+        body(args)
     finally:
         if own_group_nice is not None:
             autogroup_nice(os.getpid(), own_group_nice)
