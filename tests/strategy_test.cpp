@@ -658,10 +658,7 @@ TEST_CASE("DNS: a name that changes address in /etc/hosts is followed without a 
     uint16_t port = d.port("r");
     REQUIRE(port != 0);
     const pid_t pid = d.pid();
-    auto ten = [&] {
-        std::map<std::string, int> got = tally(port, 10);
-        return got;
-    };
+    auto ten = [&] { return tally(port, 10); };
     CHECK(ten()["A"] == 10);
 
     // A new address for the name.
