@@ -180,7 +180,7 @@ FUZZ_TARGETS := $(filter-out %_test,$(patsubst tests/fuzz_%.cpp,%,$(wildcard tes
 FUZZ_FLAGS   := -std=c++17 -g -O1 -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined \
                 -fno-sanitize-recover=all $(DEFS) -I.
 
-$(FUZZ_DIR)/fuzz_%: tests/fuzz_%.cpp $(HEADERS)
+$(FUZZ_DIR)/fuzz_%: tests/fuzz_%.cpp $(HEADERS) tests/fuzz_check.hpp
 	@mkdir -p $(FUZZ_DIR)
 	$(FUZZ_CXX) $(FUZZ_FLAGS) -o $@ $<
 

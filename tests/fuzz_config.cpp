@@ -10,6 +10,7 @@
 // Nothing here touches the network: names are only parsed, never resolved.
 #include "config.hpp"
 #include "yaml_lite.hpp"
+#include "tests/fuzz_check.hpp"
 
 #include <cstddef>
 #include <cstdint>
@@ -22,17 +23,8 @@ namespace {
 
 const std::string kFile = "fuzz.yaml";
 
-void require(bool condition) {
-    if (!condition) std::abort();
-}
-
-int countLines(std::string_view text) {
-    int lines = 1;
-    for (size_t i = 0; i < text.size(); ++i) {
-        if (text[i] == '\n' || (text[i] == '\r' && (i + 1 == text.size() || text[i + 1] != '\n'))) ++lines;
-    }
-    return lines;
-}
+using fuzz_check::require;
+using fuzz_check::count_lines;
 
 // "fuzz.yaml:LINE: message" with 1 <= LINE <= lines and a non-empty message.
 void checkDiagnostic(const std::string& text, int lines, bool warning) {
@@ -100,7 +92,7 @@ void checkConfig(const config::Config& cfg, int lines) {
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     std::string_view text(reinterpret_cast<const char*>(data), size);
-    const int lines = countLines(text);
+    const int lines = count_lines(text);
 
     config::Config cfg;
     config::Diagnostics diag;

@@ -7,6 +7,7 @@
 // words so that `show`'s quoting reads back as the same word, and a weight
 // is only ever set within 1..1000000.
 #include "control.hpp"
+#include "tests/fuzz_check.hpp"
 
 #include <arpa/inet.h>
 
@@ -19,9 +20,7 @@
 
 namespace {
 
-void require(bool condition) {
-    if (!condition) std::abort();
-}
+using fuzz_check::require;
 
 struct World {
     config::Config cfg;

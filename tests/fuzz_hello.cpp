@@ -3,6 +3,7 @@
 // no crash, the outcome does not depend on how the bytes were cut up, a name
 // is only ever given for a complete hello and is a lowercase DNS name.
 #include "client_hello.hpp"
+#include "tests/fuzz_check.hpp"
 
 #include <cstddef>
 #include <cstdint>
@@ -10,9 +11,7 @@
 
 namespace {
 
-void require(bool condition) {
-    if (!condition) std::abort();
-}
+using fuzz_check::require;
 
 }  // namespace
 

@@ -3,6 +3,7 @@
 // within the spec's bounds, reads the same from exactly its own bytes, and
 // every shorter prefix of it asks for more.
 #include "proxy_receive.hpp"
+#include "tests/fuzz_check.hpp"
 
 #include <cstddef>
 #include <cstdint>
@@ -10,9 +11,7 @@
 
 namespace {
 
-void require(bool condition) {
-    if (!condition) std::abort();
-}
+using fuzz_check::require;
 
 }  // namespace
 

@@ -5,6 +5,7 @@
 // 1-based and inside the text, a failed parse hands out no tree, and a parse is
 // deterministic.
 #include "yaml_lite.hpp"
+#include "tests/fuzz_check.hpp"
 
 #include <cstddef>
 #include <cstdint>
@@ -13,18 +14,8 @@
 
 namespace {
 
-void require(bool condition) {
-    if (!condition) std::abort();
-}
-
-int countLines(std::string_view text) {
-    int lines = 1;
-    for (size_t i = 0; i < text.size(); ++i) {
-        // "\r\n" is one break, a lone '\r' is one too.
-        if (text[i] == '\n' || (text[i] == '\r' && (i + 1 == text.size() || text[i + 1] != '\n'))) ++lines;
-    }
-    return lines;
-}
+using fuzz_check::require;
+using fuzz_check::count_lines;
 
 void checkPosition(int line, int column, int lines) {
     require(line >= 1 && line <= lines);
@@ -61,7 +52,7 @@ bool sameTree(const yaml_lite::Node& a, const yaml_lite::Node& b) {
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     std::string_view text(reinterpret_cast<const char*>(data), size);
     const yaml_lite::Result result = yaml_lite::parse(text);
-    const int lines = countLines(text);
+    const int lines = count_lines(text);
 
     for (const yaml_lite::Error& error : result.errors) {
         checkPosition(error.line, error.column, lines);
