@@ -490,10 +490,7 @@ def run_workers(args, setup, meta, n):
                            args.reps, args.duration))
     points = {c["id"]: [] for c in configs}
     rep_times = []
-    for rep in range(args.reps):
-        if rep >= 2 and time.monotonic() - T0 + max(rep_times) > args.budget:
-            log("stopping after %d repetitions to stay within %ds" % (rep, args.budget))
-            break
+    for rep in repetitions(args, rep_times):
         r0 = time.monotonic()
         for c in (configs if rep % 2 == 0 else configs[::-1]):
             try:
@@ -521,6 +518,16 @@ def run_workers(args, setup, meta, n):
            {"settings": settings, "configs": configs, "points": points, "summary": summary,
             "pss_idle_kib_per_extra_worker": per_worker_slope(configs, summary),
             "uss_idle_kib_per_extra_worker": per_worker_slope(configs, summary, "uss_idle_kib")})
+
+
+def repetitions(args, rep_times):
+    """0 .. args.reps - 1, stopping early (after two at least) when one more
+    as long as the longest so far (rep_times) would overrun --budget."""
+    for rep in range(args.reps):
+        if rep >= 2 and time.monotonic() - T0 + max(rep_times) > args.budget:
+            log("stopping after %d repetitions to stay within %ds" % (rep, args.budget))
+            return
+        yield rep
 
 
 # ------------------------------------------------------------------ report --
@@ -804,10 +811,7 @@ def run(args):
         setup.http_proc, setup.http_ports = bench.start_http_upstream(setup)
         points = {k: [] for k in PROXIES}
         rep_times = []
-        for rep in range(args.reps):
-            if rep >= 2 and time.monotonic() - T0 + max(rep_times) > args.budget:
-                log("stopping after %d repetitions to stay within %ds" % (rep, args.budget))
-                break
+        for rep in repetitions(args, rep_times):
             r0 = time.monotonic()
             chosen = [k for k in PROXIES if k in args.proxies]
             for kind in (chosen if rep % 2 == 0 else chosen[::-1]):
