@@ -520,6 +520,15 @@ def run_workers(args, setup, meta, n):
             "uss_idle_kib_per_extra_worker": per_worker_slope(configs, summary, "uss_idle_kib")})
 
 
+def clean_up(args, tmp):
+    """Stops every process the run started; removes its folder unless --keep."""
+    bench.PROCS.stop_all()
+    if args.keep:
+        log("kept %s" % tmp)
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def repetitions(args, rep_times):
     """0 .. args.reps - 1, stopping early (after two at least) when one more
     as long as the longest so far (rep_times) would overrun --budget."""
@@ -795,11 +804,7 @@ def run(args):
             setup.http_proc, setup.http_ports = bench.start_http_upstream(setup)
             run_workers(args, setup, meta, n)
         finally:
-            bench.PROCS.stop_all()
-            if args.keep:
-                log("kept %s" % tmp)
-            else:
-                shutil.rmtree(tmp, ignore_errors=True)
+            clean_up(args, tmp)
         return
     settings = {"counts": counts, "reps": args.reps, "duration_s": args.duration, "count_seconds": args.count_seconds,
                 "wrk": "-t1 -c%d keep-alive, 64-byte file" % args.wrk_conns, "proxy_cpus": args.proxy_cpus,
@@ -847,11 +852,7 @@ def run(args):
                 "crossover": dict(cross, text=cross_lines),
                 "mixctl_ns_per_polled_fd": per_fd(summary, counts)})
     finally:
-        bench.PROCS.stop_all()
-        if args.keep:
-            log("kept %s" % tmp)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        clean_up(args, tmp)
 
 
 if __name__ == "__main__":
