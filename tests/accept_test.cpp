@@ -20,8 +20,7 @@ namespace {
 // Leaves the worker room for exactly one relayed connection, once a first
 // exchange has made what it keeps (pools) and its descriptors have settled.
 std::unique_ptr<SoftFdLimit> room_for_one(uint16_t port, pid_t worker) {
-    std::string reply;
-    REQUIRE(exchange(port, "warm\n", reply));
+    warm_up(port, 1, "warm\n");
     settled_fd_count(worker);
     std::unique_ptr<SoftFdLimit> limit(new SoftFdLimit(worker, limit_with_room(worker, 2)));
     REQUIRE(limit->ok());

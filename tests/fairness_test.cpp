@@ -38,10 +38,7 @@ TEST_CASE("a worker out of descriptors does not hold the other back: 200 connect
     uint16_t port = d.ready_port(2);
     std::vector<pid_t> workers = d.workers(2);
     // Both workers have started and settled before one is starved.
-    for (int i = 0; i < 4; ++i) {
-        std::string reply;
-        REQUIRE(exchange(port, "warm-up", reply));
-    }
+    warm_up(port, 4, "warm-up");
     const pid_t starved = workers[0];
     settled_fd_count(starved);
     rlim_t limit = limit_with_room(starved, 0);  // it can open nothing more

@@ -270,6 +270,15 @@ inline bool exchange(uint16_t port, const std::string& request, std::string& rep
     return read_to_eof(fd.get(), reply);
 }
 
+// `times` exchanges through `port`, each REQUIREd: the workers serve and
+// have made what they keep (pools, buffers).
+inline void warm_up(uint16_t port, int times, const std::string& request) {
+    for (int i = 0; i < times; ++i) {
+        std::string reply;
+        REQUIRE(exchange(port, request, reply));
+    }
+}
+
 // A loopback port that was free a moment ago (bound to port 0, then
 // released), for a listener that must have a known number.
 inline uint16_t free_port(int family = AF_INET) {

@@ -24,6 +24,14 @@ bool round_trip(int fd, const std::string& text) {
     return send_all(fd, text) && read_exact(fd, back, text.size()) && back == text;
 }
 
+// A client connection through the daemon, with one echo done on it.
+net::Fd relayed(uint16_t port, const std::string& first) {
+    net::Fd fd = dial(port);
+    REQUIRE(fd);
+    REQUIRE(round_trip(fd.get(), first));
+    return fd;
+}
+
 bool gone(pid_t pid) { return kill(pid, 0) == -1 && errno == ESRCH; }
 
 // No process is left in the daemon's process group.
@@ -111,9 +119,7 @@ TEST_CASE("SIGTERM with a live connection: it keeps working, new ones are refuse
     Server up(echo);
     Daemon d(one_rule(up), {"-w", "1"});
     uint16_t port = d.ready_port(1);
-    net::Fd fd = dial(port);
-    REQUIRE(fd);
-    REQUIRE(round_trip(fd.get(), "before"));
+    net::Fd fd = relayed(port, "before");
 
     d.signal(SIGTERM);
     REQUIRE(d.wait_log("stopping:", 3000ms));
@@ -140,9 +146,7 @@ TEST_CASE("a second SIGTERM during the grace period exits at once", "[process]")
     Server up(echo);
     Daemon d(one_rule(up), {"-w", "1"});
     uint16_t port = d.ready_port(1);
-    net::Fd fd = dial(port);
-    REQUIRE(fd);
-    REQUIRE(round_trip(fd.get(), "x"));
+    net::Fd fd = relayed(port, "x");
 
     d.signal(SIGTERM);
     REQUIRE(d.wait_log("stopping:", 3000ms));
@@ -162,9 +166,7 @@ TEST_CASE("with -grace 1s and a connection that never ends: exit 0 after about 1
     Server up(echo);
     Daemon d(one_rule(up), {"-w", "1", "-grace", "1s"});
     uint16_t port = d.ready_port(1);
-    net::Fd fd = dial(port);
-    REQUIRE(fd);
-    REQUIRE(round_trip(fd.get(), "x"));
+    net::Fd fd = relayed(port, "x");
 
     Clock::time_point t0 = Clock::now();
     d.signal(SIGTERM);
@@ -187,9 +189,7 @@ TEST_CASE("SIGTERM to the whole process group, as systemd sends it, still gives 
     Server up(echo);
     Daemon d(one_rule(up), {"-w", "1", "-grace", "5s"});
     uint16_t port = d.ready_port(1);
-    net::Fd fd = dial(port);
-    REQUIRE(fd);
-    REQUIRE(round_trip(fd.get(), "x"));
+    net::Fd fd = relayed(port, "x");
 
     kill(-d.pid(), SIGTERM);  // parent and workers alike (KillMode=control-group)
     REQUIRE(d.wait_log("stopping:", 3000ms));
@@ -341,10 +341,7 @@ TEST_CASE("a stopped worker does not strand connections: 20 of 20 served within 
     Daemon d(one_rule(up), {"-w", "2", "-v=false"});
     uint16_t port = d.ready_port(2);
     std::vector<pid_t> workers = d.workers(2);
-    for (int i = 0; i < 4; ++i) {
-        std::string reply;
-        REQUIRE(exchange(port, "warm", reply));
-    }
+    warm_up(port, 4, "warm");
     const pid_t stalled = workers[0];
     kill(stalled, SIGSTOP);
     REQUIRE(wait_until([&] { return proc_state(stalled) == 'T'; }, 2000ms));
