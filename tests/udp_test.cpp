@@ -126,6 +126,22 @@ std::string dns_check(const std::string& timing) {
     return "  health_check: {" + timing + ", " + dns_check_keys + "}\n";
 }
 
+// A port free for UDP and TCP (dnsmasq binds both) below the ephemeral
+// range, so no client socket of another test takes it before dnsmasq does.
+uint16_t free_fixed_port() {
+    for (int attempt = 0; attempt < 200; ++attempt) {
+        uint16_t port = static_cast<uint16_t>(20000 + (static_cast<unsigned>(getpid()) * 13 + attempt * 101) % 10000);
+        bool ok = true;
+        for (int type : {SOCK_DGRAM, SOCK_STREAM}) {
+            net::Fd fd(::socket(AF_INET, type | SOCK_CLOEXEC, 0));
+            net::SockAddr at = loopback(port);
+            ok = ok && fd && ::bind(fd.get(), at.get(), at.length) == 0;
+        }
+        if (ok) return port;
+    }
+    return 0;
+}
+
 UdpServer::Handler never_answers() {
     return [](const std::string&, const net::SockAddr&, bool& reply) {
         reply = false;
@@ -261,7 +277,8 @@ TEST_CASE("udp health: a closed port is DOWN as port unreachable and comes UP af
     uint16_t pa = 0;
     auto a = start_dns("192.0.2.1", pa);
     REQUIRE(a);
-    uint16_t pb = free_udp_port();  // nothing listens yet: ICMP port unreachable
+    uint16_t pb = free_fixed_port();  // nothing listens yet: ICMP port unreachable
+    REQUIRE(pb != 0);
     const std::string late = "127.0.0.1:" + std::to_string(pb);
     Daemon d(rules_yaml({udp_rule("dns", "127.0.0.1:0", {"127.0.0.1:" + std::to_string(pa), late},
                                   "  strategy: round-robin\n  responses: 1\n" +
@@ -273,7 +290,9 @@ TEST_CASE("udp health: a closed port is DOWN as port unreachable and comes UP af
     CHECK(d.wait_log("upstream " + late + " of (dns) is DOWN: port unreachable (1 checks)"));
     for (int i = 0; i < 4; ++i) CHECK(dig("127.0.0.1", port) == "192.0.2.1\n");
     Dnsmasq b(pb, "192.0.2.2");
-    REQUIRE(d.wait_log("upstream " + late + " of (dns) is UP (2 checks)", 10000ms));
+    bool up = d.wait_log("upstream " + late + " of (dns) is UP (2 checks)", 10000ms);
+    INFO("dnsmasq on " << late << (b.child().exited() ? " exited (port taken meanwhile?)" : " runs"));
+    REQUIRE(up);
     std::set<std::string> answers;
     for (int i = 0; i < 6; ++i) answers.insert(dig("127.0.0.1", port));
     CHECK(answers == std::set<std::string>{"192.0.2.1\n", "192.0.2.2\n"});  // back in the rotation
