@@ -524,46 +524,46 @@ bool plan(const Pool& pool, const net::SockAddr& client, int64_t now_ms, Random&
     const size_t n = pool.size();
     // Each state is read once, so a probe landing half way can neither list
     // an upstream twice nor leave it out: up ones from the front, down ones
-    // from the back.
+    // from the back; primaries in a first pass, backups in a second (the
+    // flag is the file's: it does not move). Then out is [up primaries, up
+    // backups, gap, down backups, down primaries], each up tier in index
+    // order and each down tier in reverse.
     out.resize(n);
-    size_t up = 0, back = n;
-    for (size_t i = 0; i < n; ++i) {
-        if (pool.at(i).disabled.load(std::memory_order_relaxed) || full(pool.at(i), rule.to[i])) continue;
-        out[is_up(pool.at(i), now_ms) ? up++ : --back] = static_cast<uint16_t>(i);
+    size_t front = 0, back = n, up_primaries = 0, down_primaries = 0;
+    for (bool backups : {false, true}) {
+        for (size_t i = 0; i < n; ++i) {
+            if (rule.to[i].backup != backups || pool.at(i).disabled.load(std::memory_order_relaxed) ||
+                full(pool.at(i), rule.to[i]))
+                continue;
+            out[is_up(pool.at(i), now_ms) ? front++ : --back] = static_cast<uint16_t>(i);
+        }
+        if (!backups) {
+            up_primaries = front;
+            down_primaries = n - back;
+        }
     }
+    const size_t up = front;
     out.erase(out.begin() + static_cast<std::ptrdiff_t>(up), out.begin() + static_cast<std::ptrdiff_t>(back));
+    std::reverse(out.begin() + static_cast<std::ptrdiff_t>(up), out.end());  // down primaries, then down backups
     if (out.empty()) return true;  // all disabled or full: nothing to try (not a health problem)
-    auto cut = [&] {
-        if (rule.policy.retries >= 0 && out.size() > static_cast<size_t>(rule.policy.retries) + 1)
-            out.resize(static_cast<size_t>(rule.policy.retries) + 1);
-    };
-    auto primaries_first = [&](uint16_t x, uint16_t y) {
-        return rule.to[x].backup != rule.to[y].backup ? !rule.to[x].backup : x < y;
-    };
-    auto primaries_in = [&](size_t from, size_t to) {
-        return static_cast<size_t>(std::count_if(out.begin() + static_cast<std::ptrdiff_t>(from),
-                                                 out.begin() + static_cast<std::ptrdiff_t>(to),
-                                                 [&](uint16_t i) { return !rule.to[i].backup; }));
-    };
     auto pick_first = [&](size_t count) {
         std::swap(out[0], out[pick(pool, out.data(), count, client, random)]);
         shuffle_range(out, 1, count, random);
     };
-    if (up == 0) {  // fail open: every usable upstream, in the file's order, is the group
-        std::sort(out.begin(), out.end());
+    auto cut = [&] {
+        if (rule.policy.retries >= 0 && out.size() > static_cast<size_t>(rule.policy.retries) + 1)
+            out.resize(static_cast<size_t>(rule.policy.retries) + 1);
+    };
+    if (up == 0) {  // fail open: every usable upstream is the group
         pick_first(out.size());
         cut();
         return false;
     }
-    std::sort(out.begin(), out.begin() + static_cast<std::ptrdiff_t>(up), primaries_first);
-    std::sort(out.begin() + static_cast<std::ptrdiff_t>(up), out.end(), primaries_first);
-    const size_t up_primaries = primaries_in(0, up);
     const size_t serving = up_primaries ? up_primaries : up;
     pick_first(serving);
     shuffle_range(out, serving, up, random);  // the backups behind serving primaries
-    const size_t down_primaries = up + primaries_in(up, out.size());
-    shuffle_range(out, up, down_primaries, random);
-    shuffle_range(out, down_primaries, out.size(), random);
+    shuffle_range(out, up, up + down_primaries, random);
+    shuffle_range(out, up + down_primaries, out.size(), random);
     cut();
     return true;
 }
