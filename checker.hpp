@@ -1,9 +1,14 @@
 // checker.hpp - the checker process: health probes, DNS re-resolution, the metrics endpoint, the control socket.
 // Owns everything that may block or wait on the network off the relay path; it never accepts or relays clients.
 //
+// Why long: one poll loop serves four jobs (probes over TCP, TLS and UDP, lookups, metrics, control) whose
+// deadlines it must merge; the probe conversation and its reasons are the bulk, and they read best in one place.
+//
 // Probes are nonblocking TCP connects to every address of an upstream (up if
 // any answers); with `send`/`expect` or `tls` the connection must then also
-// answer as told. `fall` failures in a row mark it down, `rise` successes
+// answer as told. A UDP rule's probe is a connected datagram socket: `send`
+// goes out as one datagram and a reply datagram must start with `expect`
+// (any reply when it is empty); an ICMP port unreachable fails it at once. `fall` failures in a row mark it down, `rise` successes
 // bring it back, and only changes are logged, with the last failure's reason. Names are looked up again every
 // resolve_interval and soon after a worker saw a connect fail; a failed
 // lookup keeps the last good addresses. getaddrinfo() may block, which is why
@@ -77,10 +82,12 @@ class Checker {
 public:
     // metrics_fd: a bound listener for GET /metrics, or -1.
     // control_fd: a listening control socket, or -1.
+    // sources: per pool (config::pools order), per upstream, the address its
+    // sockets bind to (length 0: none); probes leave from there too.
     Checker(const upstreams::Shared& shared, const mixlog::Logger& log, int parent_fd, int metrics_fd,
-            int control_fd = -1)
+            int control_fd = -1, const std::vector<std::vector<net::SockAddr>>* sources = nullptr)
         : shared_(shared), log_(log), parent_fd_(parent_fd), metrics_(metrics_fd, shared),
-          control_(control_fd, shared, log) {
+          control_(control_fd, shared, log), sources_(sources) {
         Clock::time_point now = Clock::now();
         for (size_t r = 0; r < shared.pools(); ++r) {
             const config::Rule& rule = *shared.pool(r).rule;
@@ -153,6 +160,7 @@ private:
         Phase phase = Phase::connecting;
         std::string out, got;
         size_t sent = 0;
+        bool udp = false;  // a datagram sent, one datagram back decides
     };
 
     struct Watch {
@@ -169,6 +177,12 @@ private:
     const config::Rule& rule_of(const Watch& w) const { return *shared_.pool(w.rule).rule; }
     upstreams::UpstreamState& state_of(const Watch& w) const { return shared_.pool(w.rule).at(w.upstream); }
     const std::string& text_of(const Watch& w) const { return rule_of(w).to[w.upstream].text; }
+    bool udp(const Watch& w) const { return rule_of(w).policy.protocol == config::Protocol::udp; }
+    const net::SockAddr* source_of(const Watch& w) const {
+        if (!sources_ || w.rule >= sources_->size() || w.upstream >= (*sources_)[w.rule].size()) return nullptr;
+        const net::SockAddr& s = (*sources_)[w.rule][w.upstream];
+        return s.length ? &s : nullptr;
+    }
 
     int timeout_ms(Clock::time_point now) const {
         Clock::time_point wake = now + std::chrono::seconds(1);  // also the pace of resolve_wanted checks
@@ -189,11 +203,50 @@ private:
         w.probe_error = "no address";
         for (const net::SockAddr& addr : upstreams::addresses_of(state_of(w))) {
             Attempt a;
-            int rc = net::dial_start(addr, a.fd);
+            int rc = udp(w) ? send_datagram(addr, source_of(w), hc.send, a) : net::dial_start(addr, a.fd, source_of(w));
             if (rc == 0 || rc == EINPROGRESS) w.attempts.push_back(std::move(a));  // POLLOUT tells either way
-            else w.probe_error = net::errno_text(rc);
+            else w.probe_error = udp(w) ? udp_reason(rc, "send") : net::errno_text(rc);
         }
         if (w.attempts.empty()) probe_done(w, false, w.probe_error, now);
+    }
+
+    // A UDP probe: a connected socket (so only the upstream's answer, or its
+    // ICMP error, reaches it) and the check's datagram, sent at once.
+    static int send_datagram(const net::SockAddr& to, const net::SockAddr* source, const std::string& payload,
+                             Attempt& a) {
+        a.fd.reset(::socket(to.family(), SOCK_DGRAM, 0));
+        if (!a.fd || !net::set_nonblock_cloexec(a.fd.get())) return errno;
+        if (source) {
+            if (int err = net::bind_source(a.fd.get(), *source)) return err;
+        }
+        if (::connect(a.fd.get(), to.get(), to.length) < 0) return errno;
+        ssize_t n;
+        do n = ::send(a.fd.get(), payload.data(), payload.size(), 0);
+        while (n < 0 && errno == EINTR);
+        if (n < 0) return errno;
+        a.udp = true;
+        a.phase = Phase::reading;
+        return 0;
+    }
+
+    static std::string udp_reason(int err, const char* call) {
+        if (err == ECONNREFUSED) return "port unreachable";  // ICMP: nothing listens on that port
+        return std::string(call) + ": " + net::errno_text(err);
+    }
+
+    // One reply datagram decides: it is the whole answer.
+    static tls_hello::Verdict step_udp(const config::HealthCheck& hc, Attempt& a, std::string& why) {
+        char buf[4096];
+        ssize_t n = ::recv(a.fd.get(), buf, sizeof buf, 0);
+        if (n < 0 && (errno == EAGAIN || errno == EINTR)) return tls_hello::Verdict::more;
+        if (n < 0) {
+            why = udp_reason(errno, "read");
+            return tls_hello::Verdict::fail;
+        }
+        a.got.assign(buf, static_cast<size_t>(n));
+        if (a.got.compare(0, hc.expect.size(), hc.expect) == 0) return tls_hello::Verdict::ok;
+        why = "expected " + quote(hc.expect) + ", got " + quote(a.got);
+        return tls_hello::Verdict::fail;
     }
 
     // The socket of attempt `index` is ready: one step of its conversation.
@@ -202,7 +255,7 @@ private:
         const config::HealthCheck& hc = rule_of(w).policy.health;
         Attempt& a = w.attempts[index];
         std::string why;
-        tls_hello::Verdict verdict = step(hc, a, why);
+        tls_hello::Verdict verdict = a.udp ? step_udp(hc, a, why) : step(hc, a, why);
         if (verdict == tls_hello::Verdict::more) return;
         if (verdict == tls_hello::Verdict::ok) {
             probe_done(w, true, "", now);
@@ -259,6 +312,7 @@ private:
         for (const Attempt& a : w.attempts)
             if (a.fd && (!best || a.phase > best->phase)) best = &a;
         std::string limit = flags::format_duration(hc.timeout);
+        if (udp(w)) return "timeout: no reply within " + limit;
         if (!best || best->phase == Phase::connecting) return "timeout: no connection within " + limit;
         if (best->phase == Phase::sending) return "timeout: could not send the check within " + limit;
         if (hc.tls) return "timeout: no TLS handshake record within " + limit;
@@ -360,6 +414,7 @@ private:
     int parent_fd_;
     metrics::Server metrics_;
     control::Server control_;
+    const std::vector<std::vector<net::SockAddr>>* sources_;
     std::vector<Watch> watches_;
     uint64_t random_ = 0x2545f4914f6cdd1dULL;
 };

@@ -66,6 +66,7 @@ struct HealthCheck {
     std::string send, expect;
     bool tls = false;
     std::string sni;
+    int line = 0, tls_line = 0;  // of the mapping and its tls: key, for errors that need the protocol
 };
 
 // How a rule picks and judges its upstreams. Set per rule, or once under
@@ -352,8 +353,8 @@ private:
         // max_conns_per_client is counted per TCP connection only: UDP
         // sessions do not take places in the client table (yet).
         static const std::vector<std::string> tcp_only = {
-            "connect_timeout", "halfclose_timeout", "proxy_protocol", "max_conns",      "health_check",
-            "retries",         "accept_proxy",      "proxy_trusted",  "preread_timeout", "max_conns_per_client"};
+            "connect_timeout", "halfclose_timeout", "proxy_protocol",  "max_conns",           "retries",
+            "accept_proxy",    "proxy_trusted",     "preread_timeout", "max_conns_per_client"};
         static const std::vector<std::string> udp_only = {"responses", "max_sessions"};
         const std::vector<std::string>& other = protocol == Protocol::udp ? tcp_only : udp_only;
         return std::find(other.begin(), other.end(), key) == other.end();
@@ -372,6 +373,7 @@ private:
                                   (protocol == Protocol::udp ? "tcp" : "udp") + ")");
         for (const SetKey& k : defaults_keys_)
             if (!fits(k.key, protocol) && !written(k.key)) reset_key(policy, k.key);
+        if (protocol == Protocol::udp) fit_udp_check(policy.health, written("health_check"));
         if (protocol == Protocol::udp && !written("idle_timeout")) {
             bool from_defaults = false;
             for (const SetKey& k : defaults_keys_) from_defaults = from_defaults || k.key == "idle_timeout";
@@ -382,6 +384,27 @@ private:
                 if (k.key == "idle_timeout")
                     error(k.line, "idle_timeout: 0 would keep udp sessions forever; want more than 0 (default " +
                                       flags::format_duration(udp_default_idle) + ")");
+    }
+
+    // A UDP check is a datagram and its answer: there is no handshake to
+    // prove anything by itself, and no TLS over a bare datagram. A rule's own
+    // check that cannot work is an error; one from `defaults:` is left out.
+    void fit_udp_check(HealthCheck& health, bool own) {
+        if (!health.enabled) return;
+        if (health.tls) {
+            if (own)
+                error(health.tls_line ? health.tls_line : health.line,
+                      "health_check: tls: means nothing for a udp rule (a TLS handshake needs TCP)");
+            else health = HealthCheck{};
+            return;
+        }
+        if (health.send.empty()) {
+            if (own)
+                error(health.line,
+                      "health_check: a udp rule's check needs send: (a datagram the upstream answers, "
+                      "e.g. a DNS query); a UDP \"connect\" sends nothing and proves nothing");
+            else health = HealthCheck{};
+        }
     }
 
     static void reset_key(Policy& policy, const std::string& key) {
@@ -784,6 +807,7 @@ private:
             return;
         }
         health.enabled = true;
+        health.line = node.line;
         for (const yaml_lite::Entry& entry : node.entries) {
             if (entry.key == "interval") read_duration(entry, false, health.interval);
             else if (entry.key == "timeout") read_duration(entry, false, health.timeout);
@@ -791,7 +815,10 @@ private:
             else if (entry.key == "fall") read_int(entry, 1, 1000, health.fall);
             else if (entry.key == "send") read_text(entry, health.send);
             else if (entry.key == "expect") read_text(entry, health.expect);
-            else if (entry.key == "tls") read_bool(entry, health.tls);
+            else if (entry.key == "tls") {
+                read_bool(entry, health.tls);
+                health.tls_line = entry.line;
+            }
             else if (entry.key == "sni") read_text(entry, health.sni);
             else warn(entry.line, "unknown key \"" + entry.key + "\" ignored");
         }
@@ -806,13 +833,14 @@ private:
             }
     }
 
-    // A string value; send/expect take YAML's double-quoted escapes ("\r\n").
+    // A string value; send/expect take YAML's double-quoted escapes
+    // ("\r\n"), and there \xNN is the byte NN (binary payloads: a DNS query).
     void read_text(const yaml_lite::Entry& entry, std::string& out) {
-        if (entry.value.kind != yaml_lite::Kind::Scalar || entry.value.scalar.size() > 4096) {
+        if (entry.value.kind != yaml_lite::Kind::Scalar || entry.value.bytes().size() > 4096) {
             error(entry.value.line, entry.key + ": must be a string of at most 4096 bytes");
             return;
         }
-        out = entry.value.scalar;
+        out = entry.value.bytes();
     }
 
     // Two rules on one address would fail at bind time with a vaguer

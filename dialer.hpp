@@ -190,10 +190,14 @@ private:
         upstreams::UpstreamState& state = pool.at(d.target);
         const config::Policy& policy = pool.rule->policy;
         state.resolve_wanted.store(1, std::memory_order_relaxed);
+        // A ranged upstream has one health state for all its ports: the
+        // line names the entry as written and the port that failed.
+        const config::Upstream& up = pool.rule->to[d.target];
         if (upstreams::record_failure(state, policy, to_ms(now)))
-            log_.print("upstream %s of (%s) is DOWN: %s (passive: %d failed connects within %s)",
-                       target_text(pool_index, d).c_str(), pool.rule->name.c_str(), d.last_error.c_str(),
-                       policy.max_fails, flags::format_duration(policy.fail_timeout).c_str());
+            log_.print("upstream %s of (%s) is DOWN: %s%s (passive: %d failed connects within %s)", up.text.c_str(),
+                       pool.rule->name.c_str(), d.last_error.c_str(),
+                       up.ranged ? (" at " + d.dialed.text()).c_str() : "", policy.max_fails,
+                       flags::format_duration(policy.fail_timeout).c_str());
     }
 
     void warn_fail_open(const upstreams::Pool& pool) {

@@ -562,7 +562,8 @@ private:
         prctl(PR_SET_PDEATHSIG, SIGTERM);
 #endif
         if (!become_unprivileged()) return 1;
-        checker::Checker checker(gen.shared, log_, lifeline_read_.get(), gen.metrics.get(), gen.control.get());
+        checker::Checker checker(gen.shared, log_, lifeline_read_.get(), gen.metrics.get(), gen.control.get(),
+                                 &gen.plan.sources);
         return checker.run();
     }
 

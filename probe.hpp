@@ -1,6 +1,9 @@
 // probe.hpp - `mixctl -probe RULE`: one request through a running mixctl's listener, judged by the reply.
 // Owns finding the listener and the one exchange; never signals the daemon or dials an upstream itself.
 //
+// Why long: a TCP and a UDP exchange, each with the reasons it tells apart (stopped, not accepted,
+// no upstream, wrong reply), which is the whole point of the probe for keepalived.
+//
 // For keepalived's vrrp_script: it catches a wedged mixctl, which pidof and killall -0 cannot.
 //
 // Why a reply and not a connect: the kernel completes a TCP handshake into a
@@ -16,6 +19,9 @@
 // Request", and which servers that speak first (SSH, SMTP) answer with their
 // banner anyway. A rule whose health_check talks (send/expect, or tls) is
 // probed with that exchange instead, so the probe asks what the checker asks.
+// A UDP rule (named) is probed with its health_check's datagram, which it
+// must have: a reply datagram can only come from an upstream through a
+// worker, as with TCP; without a check there is nothing an upstream is sure to answer.
 // The whole probe, name lookup included, ends by the deadline.
 #pragma once
 
@@ -49,6 +55,7 @@ struct Target {
     std::string label;  // "(rule) 127.0.0.1:6443", or the address alone
     net::HostPort where;
     Exchange exchange;
+    bool udp = false;
 };
 
 struct Outcome {
@@ -104,10 +111,13 @@ inline bool find_target(const std::string& what, const std::string& file, Target
     for (const config::Rule& rule : cfg.rules)
         if (!found && is_address && serves(rule, asked)) found = &rule;
     if (found) {
-        if (found->policy.protocol == config::Protocol::udp) {
-            why = "rule (" + found->name + ") is protocol: udp; -probe checks TCP listeners";
+        const config::HealthCheck& hc = found->policy.health;
+        if (found->policy.protocol == config::Protocol::udp && (!hc.enabled || hc.send.empty())) {
+            why = "rule (" + found->name + ") is protocol: udp without a health_check send: -probe needs the "
+                  "datagram to send (and expect: to judge the reply)";
             return false;
         }
+        out.udp = found->policy.protocol == config::Protocol::udp;
         if (found->from.port == 0) {
             why = "rule (" + found->name + ") listens on port 0 (chosen at start): probe the address it bound";
             return false;
@@ -261,7 +271,42 @@ inline int connect_by(const net::SockAddr& addr, Clock::time_point deadline, net
 
 }  // namespace detail
 
+// A UDP rule: one datagram through the listener, one reply datagram judged.
+// No reply tells less than over TCP (a stopped mixctl and a silent upstream
+// look alike); an ICMP port unreachable means nothing listens.
+inline Outcome run_udp(const Target& target, flags::Duration limit) {
+    const Clock::time_point start = Clock::now();
+    const Clock::time_point deadline = start + std::chrono::duration_cast<Clock::duration>(limit);
+    auto fail = [&](const std::string& why) { return Outcome{false, target.label + ": " + why}; };
+    std::vector<net::SockAddr> addresses;
+    std::string why;
+    if (!net::resolve(target.where, false, addresses, why)) return fail(why);
+    const net::SockAddr& to = addresses.front();
+    net::Fd fd(::socket(to.family(), SOCK_DGRAM, 0));
+    if (!fd || !net::set_nonblock_cloexec(fd.get())) return fail("socket: " + net::errno_text(errno));
+    if (::connect(fd.get(), to.get(), to.length) < 0) return fail("connect " + to.text() + ": " + net::errno_text(errno));
+    const Exchange& ex = target.exchange;
+    if (::send(fd.get(), ex.send.data(), ex.send.size(), 0) < 0) return fail("send: " + net::errno_text(errno));
+    for (;;) {
+        if (!detail::wait_for(fd.get(), POLLIN, deadline))
+            return fail("no reply within " + flags::format_duration(limit) +
+                        ": mixctl is stopped or wedged, or no upstream answered");
+        char buf[4096];
+        ssize_t n = ::recv(fd.get(), buf, sizeof buf, 0);
+        if (n < 0 && (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK)) continue;
+        if (n < 0 && errno == ECONNREFUSED)
+            return fail("port unreachable (no listener: is mixctl running?)");
+        if (n < 0) return fail("read: " + net::errno_text(errno));
+        std::string reply(buf, static_cast<size_t>(n));
+        if (reply.compare(0, ex.expect.size(), ex.expect) != 0)
+            return fail("expected " + detail::first_line(ex.expect) + ", got " + detail::first_line(reply));
+        return Outcome{true, target.label + ": upstream replied in " + detail::millis(start) + ": " +
+                                 detail::first_line(reply)};
+    }
+}
+
 inline Outcome run(const Target& target, flags::Duration limit) {
+    if (target.udp) return run_udp(target, limit);
     const Clock::time_point start = Clock::now();
     const Clock::time_point deadline = start + std::chrono::duration_cast<Clock::duration>(limit);
     const std::string budget = flags::format_duration(limit);

@@ -611,10 +611,13 @@ private:
             state.resolve_wanted.store(1, std::memory_order_relaxed);
             const int64_t now_ms =
                 std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count();
+            // One health state per upstream entry, ranged or not: name the entry, and the port that failed.
+            const config::Upstream& up = rule.to[s.target];
             if (upstreams::record_failure(state, rule.policy, now_ms))
-                log_.print("upstream %s of (%s) is DOWN: %s (passive: %d failed attempts within %s)",
-                           target_text(s).c_str(), rule.name.c_str(), net::errno_text(err).c_str(),
-                           rule.policy.max_fails, flags::format_duration(rule.policy.fail_timeout).c_str());
+                log_.print("upstream %s of (%s) is DOWN: %s%s (passive: %d failed attempts within %s)", up.text.c_str(),
+                           rule.name.c_str(), net::errno_text(err).c_str(),
+                           up.ranged ? (" at " + s.dialed.text()).c_str() : "", rule.policy.max_fails,
+                           flags::format_duration(rule.policy.fail_timeout).c_str());
         }
         finish(id, net::errno_text(err).c_str());
     }

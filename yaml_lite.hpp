@@ -35,6 +35,12 @@ struct Node {
     int line = 0, column = 0;     // 1-based position where the node starts (for Null from "key:" with nothing after it: the key's position)
     std::string scalar;           // Kind::Scalar: the decoded text
     bool quoted = false;          // Kind::Scalar: was written with ' or "
+    // Kind::Scalar, double-quoted with a \x80..\xFF escape: the text again with each
+    // \xNN as the one byte NN. YAML reads \xNN as the character U+00NN (two
+    // bytes of UTF-8 in `scalar`); a binary payload (a DNS query) wants the byte.
+    std::string octets;
+    bool has_octets = false;
+    const std::string& bytes() const { return has_octets ? octets : scalar; }
     std::vector<Node> items;      // Kind::Sequence
     std::vector<Entry> entries;   // Kind::Mapping, in file order
     const Node* find(std::string_view key) const;   // Mapping lookup, nullptr if absent or not a mapping
@@ -162,6 +168,7 @@ private:
     size_t pos_ = 0;
     int nesting_ = 0;
     bool failed_ = false;
+    bool rawHex_ = false;  // scanQuoted: \xNN appends the byte NN (Node::octets)
     std::vector<Error> errors_;
 
     // ---- positions -------------------------------------------------------------
@@ -671,6 +678,21 @@ private:
 
     Node parseQuoted(int blockIndent) {
         const size_t open = pos_;
+        Node node = scanQuoted(blockIndent);
+        if (failed_ || text_[open] != '"') return node;
+        const size_t end = pos_;
+        pos_ = open;
+        rawHex_ = true;  // the same scalar again, \xNN as bytes
+        node.octets = scanQuoted(blockIndent).scalar;
+        rawHex_ = false;
+        pos_ = end;
+        node.has_octets = node.octets != node.scalar;
+        if (!node.has_octets) node.octets.clear();
+        return node;
+    }
+
+    Node scanQuoted(int blockIndent) {
+        const size_t open = pos_;
         const char quote = text_[open];
         Node node = nodeAt(Kind::Scalar, open);
         node.quoted = true;
@@ -786,7 +808,8 @@ private:
         }
         if (cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
             return fail(escape, "escape sequence is not a valid unicode code point");
-        appendUtf8(out, cp);
+        if (rawHex_ && digits == 2) out += char(cp);
+        else appendUtf8(out, cp);
         return true;
     }
 };

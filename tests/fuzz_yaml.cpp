@@ -35,6 +35,10 @@ void checkNode(const yaml_lite::Node& node, int lines) {
     using yaml_lite::Kind;
     checkPosition(node.line, node.column, lines);
     if (node.kind != Kind::Scalar) require(node.scalar.empty() && !node.quoted);
+    // octets: only for a quoted scalar, only when it differs; each \xNN byte is
+    // one byte where scalar has two, so it is never longer.
+    require(node.has_octets ? node.quoted && node.octets != node.scalar && node.octets.size() < node.scalar.size()
+                            : node.octets.empty());
     if (node.kind != Kind::Sequence) require(node.items.empty());
     if (node.kind != Kind::Mapping) require(node.entries.empty());
     for (const yaml_lite::Node& item : node.items) checkNode(item, lines);

@@ -166,6 +166,29 @@ TEST_CASE("send/expect: a wrong answer is DOWN with what came, the right one bri
     CHECK(d.wait_log("upstream " + at(port) + " of (r) is UP", 10000ms));
 }
 
+TEST_CASE("checks leave from the rule's source address, as its connections do", "[health][integration][source]") {
+    Server tells([](int fd) {  // answers "from ADDRESS:PORT" after the check's line
+        std::string line;
+        char c;
+        while (line.size() < 200 && ::recv(fd, &c, 1, 0) == 1 && c != '\n') line += c;
+        net::SockAddr peer;
+        peer.length = sizeof peer.storage;
+        getpeername(fd, peer.get(), &peer.length);
+        send_all(fd, "from " + peer.text() + "\n");
+    });
+    REQUIRE(tells.ok());
+    const std::string check = "{interval: 200ms, timeout: 1s, rise: 1, fall: 1, send: \"who\\n\", expect: \"from 127.0.0.2:\"}";
+    Daemon d(checked_rule(check, {tells.address()}) + "  source: 127.0.0.2\n" +
+             "- name: plain\n  from: \"127.0.0.1:0\"\n  health_check: " + check + "\n  to: [\"" + tells.address() +
+             "\"]\n");
+    REQUIRE(d.port("r"));
+    INFO(d.log());
+    // The rule without source: is the control: its checks come from 127.0.0.1.
+    CHECK(d.wait_log("upstream " + tells.address() + " of (plain) is DOWN: expected \"from 127.0.0.2:\", got \"from 127.0.0.1:"));
+    REQUIRE(wait_until([&] { return tells.accepted() >= 8; }, 10000ms));
+    CHECK(d.count("of (r) is DOWN") == 0);
+}
+
 TEST_CASE("send/expect: the reason names the wrong reply, a close and a hang", "[health][integration]") {
     Server wrong(answer_line("-ERR unknown command\r\n"));
     Server closes(closes_at_once);

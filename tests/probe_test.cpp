@@ -270,7 +270,8 @@ TEST_CASE("probe of a rule name that does not exist names the rules there are", 
     CHECK(missing.result.err == "probe failed: open " + dir.path() + "/missing.yaml: no such file or directory\n");
 }
 
-TEST_CASE("probe of a udp rule by name says it checks TCP listeners; by address it finds the TCP rule", "[probe][udp]") {
+TEST_CASE("probe of a udp rule without a send check says what it needs; by address it finds the TCP rule",
+          "[probe][udp]") {
     TempDir dir;
     const std::string port = std::to_string(closed_port());
     std::string file = dir.write("rules.yaml", "rules:\n- name: dns\n  protocol: udp\n  from: 127.0.0.1:" + port +
@@ -278,10 +279,77 @@ TEST_CASE("probe of a udp rule by name says it checks TCP listeners; by address 
                                                    port + "\n  to: [127.0.0.1:5353]\n");
     Probe by_name = probe(file, "dns");
     CHECK(by_name.result.exit.code == 1);
-    CHECK(by_name.result.err == "probe failed: rule (dns) is protocol: udp; -probe checks TCP listeners\n");
+    CHECK(by_name.result.err == "probe failed: rule (dns) is protocol: udp without a health_check send: -probe needs "
+                                "the datagram to send (and expect: to judge the reply)\n");
     Probe by_address = probe(file, "127.0.0.1:" + port);  // nothing listens: refused, but named for the TCP rule
     CHECK(by_address.result.exit.code == 1);
     CHECK(starts_with(by_address.result.err, "probe failed: (dns-tcp) 127.0.0.1:" + port + ": "));
+}
+
+TEST_CASE("probe of a udp rule sends its check's datagram through the listener and judges the reply",
+          "[probe][udp]") {
+    UdpServer pong([](const std::string& data, const net::SockAddr&, bool&) {
+        return data == "PING" ? std::string("PONG\n") : std::string("what?");
+    });
+    UdpServer loading([](const std::string&, const net::SockAddr&, bool&) { return std::string("LOADING"); });
+    REQUIRE(pong.ok());
+    REQUIRE(loading.ok());
+    auto udp_port = [] {
+        net::Fd fd(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+        net::SockAddr at = loopback(0);
+        net::SockAddr bound;
+        if (fd && ::bind(fd.get(), at.get(), at.length) == 0) net::local_address(fd.get(), bound);
+        return bound.port();
+    };
+    auto rules = [](uint16_t good, uint16_t bad, const std::string& up_good, const std::string& up_bad) {
+        const std::string check = "  health_check: {interval: 5s, send: \"PING\", expect: \"PONG\"}\n";
+        return rules_yaml({rule_yaml("good", "127.0.0.1:" + std::to_string(good), {up_good}) + "  protocol: udp\n" + check,
+                           rule_yaml("bad", "127.0.0.1:" + std::to_string(bad), {up_bad}) + "  protocol: udp\n" + check});
+    };
+    std::unique_ptr<Daemon> daemon;
+    uint16_t good = 0, bad = 0;
+    for (int attempt = 0; attempt < 5 && !daemon; ++attempt) {
+        good = udp_port();
+        bad = udp_port();
+        auto d = std::make_unique<Daemon>(rules(good, bad, pong.address(), loading.address()),
+                                          std::vector<std::string>{"-w", "1", "-v=false"});
+        if (d->port("good") == good && d->port("bad") == bad && good != bad) daemon = std::move(d);
+    }
+    REQUIRE(daemon);
+    Daemon& d = *daemon;
+    INFO(d.log());
+    Probe ok = probe(d.file(), "good");
+    INFO(ok.line());
+    CHECK(ok.result.exit.code == 0);
+    CHECK(starts_with(ok.result.out, "probe ok: (good) 127.0.0.1:" + std::to_string(good) + ": upstream replied in "));
+    CHECK(ok.result.out.find(": \"PONG\"\n") != std::string::npos);
+    check_one_line(ok);
+    Probe wrong = probe(d.file(), "bad");
+    CHECK(wrong.result.exit.code == 1);
+    CHECK(wrong.result.err == "probe failed: (bad) 127.0.0.1:" + std::to_string(bad) +
+                                  ": expected \"PONG\", got \"LOADING\"\n");
+    check_one_line(wrong);
+    // Stopped: the datagram waits in the socket, no reply comes.
+    std::vector<pid_t> processes = d.workers(2);  // the worker and the checker
+    REQUIRE(processes.size() == 2);
+    processes.push_back(d.pid());
+    REQUIRE(kill(-d.pid(), SIGSTOP) == 0);  // the Daemon is its own process group
+    REQUIRE(wait_until([&] { return all_stopped(processes); }, 5000ms));
+    Probe stopped = probe(d.file(), "good", "300ms");
+    kill(-d.pid(), SIGCONT);
+    CHECK(stopped.result.exit.code == 1);
+    CHECK(stopped.result.err == "probe failed: (good) 127.0.0.1:" + std::to_string(good) +
+                                    ": no reply within 300ms: mixctl is stopped or wedged, or no upstream answered\n");
+    CHECK(wait_until([&] { return probe(d.file(), "good").result.exit.code == 0; }, 5000ms));
+    // Not running at all: ICMP port unreachable.
+    TempDir dir;
+    const uint16_t closed = udp_port();
+    Probe gone = probe(dir.write("rules.yaml", rules(closed, static_cast<uint16_t>(closed + 1), pong.address(),
+                                                     loading.address())),
+                       "good");
+    CHECK(gone.result.exit.code == 1);
+    CHECK(gone.result.err == "probe failed: (good) 127.0.0.1:" + std::to_string(closed) +
+                                 ": port unreachable (no listener: is mixctl running?)\n");
 }
 
 TEST_CASE("probe fails when no upstream is reachable: mixctl closes without a reply", "[probe]") {

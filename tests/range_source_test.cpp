@@ -103,6 +103,41 @@ TEST_CASE("range: a shifted range maps port N to N - first + target", "[range]")
     }
 }
 
+TEST_CASE("range: a ranged upstream has one health state: a refused port marks the whole entry down", "[range][health]") {
+    const int n = 3;
+    uint16_t base = 0;
+    for (int attempt = 0; attempt < 20 && base == 0; ++attempt) {
+        base = free_range(n);
+        for (int i = 0; i < n && base; ++i)
+            if (!bindable("127.0.0.3", static_cast<uint16_t>(base + i), SOCK_STREAM)) base = 0;
+    }
+    REQUIRE(base != 0);
+    // 127.0.0.2 serves every port; 127.0.0.3 all but the middle one.
+    std::vector<std::unique_ptr<Server>> two, three;
+    for (int i = 0; i < n; ++i) {
+        two.push_back(std::make_unique<Server>(tell_peer, AF_INET, static_cast<uint16_t>(base + i), 64, "127.0.0.2"));
+        if (i != 1)
+            three.push_back(std::make_unique<Server>(tell_peer, AF_INET, static_cast<uint16_t>(base + i), 64, "127.0.0.3"));
+    }
+    for (auto& u : two) REQUIRE(u->ok());
+    for (auto& u : three) REQUIRE(u->ok());
+    Daemon d(rules_yaml({rule_yaml("r", "127.0.0.1:" + range(base, n), {"127.0.0.2", "127.0.0.3"}) +
+                         "  strategy: round-robin\n  max_fails: 1\n  fail_timeout: 30s\n"}),
+             {"-w", "1"});
+    REQUIRE(d.port("r") == base);
+    INFO(d.log());
+    // The middle port: .3 refuses, the connect fails over to .2, and the entry
+    // 127.0.0.3 (every port of it) is down for fail_timeout.
+    for (int k = 0; k < 2; ++k) CHECK(ask(static_cast<uint16_t>(base + 1)).rfind("127.0.0.1:", 0) == 0);
+    CHECK(d.wait_log("upstream 127.0.0.3 of (r) is DOWN: connection refused at 127.0.0.3:" + std::to_string(base + 1) +
+                     " (passive: 1 failed connects within 30s)"));
+    for (int k = 0; k < 4; ++k) CHECK(ask(static_cast<uint16_t>(base)).rfind("127.0.0.1:", 0) == 0);
+    CHECK(three[0]->accepted() == 0);  // .3 serves this port, but the entry is down
+    CHECK(two[0]->accepted() == 4);
+    d.signal(SIGUSR1);
+    CHECK(d.wait_log("stats rule=r upstream=127.0.0.3 state=down"));
+}
+
 TEST_CASE("range: a port that cannot be bound fails the start naming it, nothing left bound", "[range]") {
     const int n = 6;
     uint16_t base = free_range(n);

@@ -113,6 +113,12 @@ TEST_CASE("udp config: each decided error is reported on its own line", "[config
          "rules.yaml:4: max_conns_per_client: means nothing for a udp rule"},
         {"retries on udp", "rules:\n- from: h:1\n  protocol: udp\n  retries: 1\n  to: [h:2]\n",
          "rules.yaml:4: retries: means nothing for a udp rule"},
+        {"udp check without send", "rules:\n- from: h:1\n  protocol: udp\n  to: [h:2]\n  health_check: {expect: x}\n",
+         "rules.yaml:5: health_check: a udp rule's check needs send: (a datagram the upstream answers, e.g. a DNS "
+         "query); a UDP \"connect\" sends nothing and proves nothing"},
+        {"udp check with tls", "rules:\n- from: h:1\n  protocol: udp\n  to: [h:2]\n  health_check:\n    interval: 1s\n"
+         "    tls: true\n",
+         "rules.yaml:7: health_check: tls: means nothing for a udp rule (a TLS handshake needs TCP)"},
         {"responses in a route", "rules:\n- from: h:1\n  to: [h:2]\n  routes:\n    - sni: a.example\n      responses: 1\n      to: [h:3]\n",
          "rules.yaml:6: responses: means nothing for a tcp rule"},
         {"protocol in a route", "rules:\n- from: h:1\n  to: [h:2]\n  routes:\n    - sni: a.example\n      protocol: udp\n      to: [h:3]\n",
@@ -202,6 +208,41 @@ TEST_CASE("udp config: keys under defaults apply only to the rules they fit", "[
     CHECK(u.max_conns == 0);
     CHECK(t.source == "127.0.0.2");
     CHECK(u.source == "127.0.0.2");
+}
+
+TEST_CASE("udp config: a udp health check sends binary datagrams byte for byte", "[config][udp][health]") {
+    // A DNS query for localhost/A; the reply must start with the same ID
+    // and the flags QR|RD|RA (\x81\x80): bytes above \x7f stay one byte.
+    Loaded l = load(
+        "rules:\n- protocol: udp\n  from: h:1\n  to: [h:2]\n"
+        "  health_check:\n"
+        "    send: \"\\x12\\x34\\x01\\x00\\x00\\x01\\x00\\x00\\x00\\x00\\x00\\x00\\x09localhost\\x00\\x00\\x01\\x00\\x01\"\n"
+        "    expect: \"\\x12\\x34\\x81\\x80\"\n");
+    INFO(all(l.diag.errors));
+    REQUIRE(l.ok);
+    const config::HealthCheck& hc = l.cfg.rules[0].policy.health;
+    CHECK(hc.enabled);
+    CHECK(hc.send == std::string("\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x09localhost\x00\x00\x01\x00\x01", 27));
+    CHECK(hc.expect == std::string("\x12\x34\x81\x80", 4));
+}
+
+TEST_CASE("udp config: a health check under defaults reaches the udp rules it can serve", "[config][udp][health]") {
+    Loaded l = load(
+        "defaults:\n  health_check: {interval: 2s, send: \"ping\"}\n"
+        "rules:\n- {name: t, from: h:1, to: [h:2]}\n- {name: u, protocol: udp, from: h:3, to: [h:2]}\n");
+    INFO(all(l.diag.errors));
+    REQUIRE(l.ok);
+    CHECK(l.cfg.rules[1].policy.health.enabled);
+    CHECK(l.cfg.rules[1].policy.health.send == "ping");
+    // A connect-only or TLS check has nothing to say over UDP: left out there.
+    for (const char* check : {"{interval: 2s}", "{tls: true}"}) {
+        Loaded m = load(std::string("defaults:\n  health_check: ") + check +
+                        "\nrules:\n- {name: t, from: h:1, to: [h:2]}\n- {name: u, protocol: udp, from: h:3, to: [h:2]}\n");
+        INFO(check << "\n" << all(m.diag.errors));
+        REQUIRE(m.ok);
+        CHECK(m.cfg.rules[0].policy.health.enabled);
+        CHECK_FALSE(m.cfg.rules[1].policy.health.enabled);
+    }
 }
 
 TEST_CASE("udp config: protocol and idle_timeout under defaults", "[config][udp]") {

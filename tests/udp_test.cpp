@@ -56,14 +56,15 @@ private:
     pid_t pid_ = -1;
 };
 
-// dnsmasq on 127.0.0.1:port answering who.test with `answer` and nothing
-// else (no upstream servers, no /etc/hosts).
+// dnsmasq on 127.0.0.1:port answering who.test with `answer`, health.lan
+// with 127.0.0.1 (the health check's name), and nothing else (no upstream
+// servers, no /etc/hosts).
 class Dnsmasq {
 public:
     Dnsmasq(uint16_t port, const std::string& answer)
         : child_({find_tool("dnsmasq"), "-k", "--conf-file=/dev/null", "--no-resolv", "--no-hosts",
                   "--listen-address=127.0.0.1", "--bind-interfaces", "--port=" + std::to_string(port),
-                  "--address=/who.test/" + answer, "--pid-file=", "--user=root", "--group=root"}) {}
+                  "--address=/who.test/" + answer, "--address=/health.lan/127.0.0.1", "--pid-file=", "--user=root", "--group=root"}) {}
 
     Child& child() { return child_; }
 
@@ -113,6 +114,40 @@ std::string udp_rule(const std::string& name, const std::string& from, const std
 }
 
 bool have_dns_tools() { return !find_tool("dnsmasq").empty() && !find_tool("dig").empty(); }
+
+// The health check of docs/configuration.md: a DNS query (ID 0x1234, RD)
+// for health.lan/A; dnsmasq answers its own names with the same ID and the
+// flags QR AA RD RA, NOERROR (\x85\x80).
+const std::string dns_check_keys =
+    "send: \"\\x12\\x34\\x01\\x00\\x00\\x01\\x00\\x00\\x00\\x00\\x00\\x00\\x06health\\x03lan\\x00\\x00\\x01\\x00\\x01\", "
+    "expect: \"\\x12\\x34\\x85\\x80\"";
+
+std::string dns_check(const std::string& timing) {
+    return "  health_check: {" + timing + ", " + dns_check_keys + "}\n";
+}
+
+// A port free for UDP and TCP (dnsmasq binds both) below the ephemeral
+// range, so no client socket of another test takes it before dnsmasq does.
+uint16_t free_fixed_port() {
+    for (int attempt = 0; attempt < 200; ++attempt) {
+        uint16_t port = static_cast<uint16_t>(20000 + (static_cast<unsigned>(getpid()) * 13 + attempt * 101) % 10000);
+        bool ok = true;
+        for (int type : {SOCK_DGRAM, SOCK_STREAM}) {
+            net::Fd fd(::socket(AF_INET, type | SOCK_CLOEXEC, 0));
+            net::SockAddr at = loopback(port);
+            ok = ok && fd && ::bind(fd.get(), at.get(), at.length) == 0;
+        }
+        if (ok) return port;
+    }
+    return 0;
+}
+
+UdpServer::Handler never_answers() {
+    return [](const std::string&, const net::SockAddr&, bool& reply) {
+        reply = false;
+        return std::string();
+    };
+}
 
 }  // namespace
 
@@ -200,6 +235,82 @@ TEST_CASE("udp: an upstream that is down (ICMP unreachable) is marked down; the 
     CHECK(d.wait_log("upstream 127.0.0.1:" + std::to_string(dead) + " of (r) is DOWN: connection refused"));
     d.signal(SIGUSR1);
     CHECK(d.wait_log("stats rule=r upstream=127.0.0.1:" + std::to_string(dead) + " state=down"));
+}
+
+TEST_CASE("udp health: a DNS query checks dnsmasq; a silent and a wrong upstream are DOWN and every dig goes to dnsmasq",
+          "[udp][dns][health]") {
+    if (!have_dns_tools()) {
+        WARN("dnsmasq or dig missing (apt-get install dnsmasq-base bind9-dnsutils): skipped");
+        return;
+    }
+    uint16_t pa = 0;
+    auto a = start_dns("192.0.2.1", pa);
+    REQUIRE(a);
+    UdpServer silent(never_answers());
+    UdpServer wrong([](const std::string&, const net::SockAddr&, bool&) { return std::string("no"); });
+    REQUIRE(silent.ok());
+    REQUIRE(wrong.ok());
+    const std::string good = "127.0.0.1:" + std::to_string(pa);
+    Daemon d(rules_yaml({udp_rule("dns", "127.0.0.1:0", {good, silent.address(), wrong.address()},
+                                  "  strategy: round-robin\n" +
+                                      dns_check("interval: 200ms, timeout: 300ms, rise: 1, fall: 1"))}),
+             {"-w", "2"});
+    uint16_t port = d.port("dns");
+    REQUIRE(port != 0);
+    INFO(d.log());
+    CHECK(d.wait_log("upstream " + silent.address() + " of (dns) is DOWN: timeout: no reply within 300ms (1 checks)"));
+    CHECK(d.wait_log("upstream " + wrong.address() + " of (dns) is DOWN: expected \"\\x124\\x85\\x80\", got \"no\" (1 checks)"));
+    for (int i = 0; i < 6; ++i) CHECK(dig("127.0.0.1", port) == "192.0.2.1\n");  // round robin over the one up
+    CHECK(d.count("of (dns) is DOWN") == 2);
+    CHECK(d.count("upstream " + good + " of (dns)") == 0);  // dnsmasq answered every check
+    d.signal(SIGUSR1);
+    CHECK(d.wait_log("stats rule=dns upstream=" + good + " state=up"));
+    CHECK(d.wait_log("stats rule=dns upstream=" + silent.address() + " state=down"));
+}
+
+TEST_CASE("udp health: a closed port is DOWN as port unreachable and comes UP after rise checks once dnsmasq runs",
+          "[udp][dns][health]") {
+    if (!have_dns_tools()) {
+        WARN("dnsmasq or dig missing (apt-get install dnsmasq-base bind9-dnsutils): skipped");
+        return;
+    }
+    uint16_t pa = 0;
+    auto a = start_dns("192.0.2.1", pa);
+    REQUIRE(a);
+    uint16_t pb = free_fixed_port();  // nothing listens yet: ICMP port unreachable
+    REQUIRE(pb != 0);
+    const std::string late = "127.0.0.1:" + std::to_string(pb);
+    Daemon d(rules_yaml({udp_rule("dns", "127.0.0.1:0", {"127.0.0.1:" + std::to_string(pa), late},
+                                  "  strategy: round-robin\n  responses: 1\n" +
+                                      dns_check("interval: 200ms, timeout: 1s, rise: 2, fall: 1"))}),
+             {"-w", "2"});
+    uint16_t port = d.port("dns");
+    REQUIRE(port != 0);
+    INFO(d.log());
+    CHECK(d.wait_log("upstream " + late + " of (dns) is DOWN: port unreachable (1 checks)"));
+    for (int i = 0; i < 4; ++i) CHECK(dig("127.0.0.1", port) == "192.0.2.1\n");
+    Dnsmasq b(pb, "192.0.2.2");
+    bool up = d.wait_log("upstream " + late + " of (dns) is UP (2 checks)", 10000ms);
+    INFO("dnsmasq on " << late << (b.child().exited() ? " exited (port taken meanwhile?)" : " runs"));
+    REQUIRE(up);
+    std::set<std::string> answers;
+    for (int i = 0; i < 6; ++i) answers.insert(dig("127.0.0.1", port));
+    CHECK(answers == std::set<std::string>{"192.0.2.1\n", "192.0.2.2\n"});  // back in the rotation
+}
+
+TEST_CASE("udp health: checks leave from the rule's source address", "[udp][health][source]") {
+    UdpServer up(udp_who("up"));
+    REQUIRE(up.ok());
+    const std::string check = "  health_check: {interval: 200ms, timeout: 1s, rise: 1, fall: 1, send: \"hi\", "
+                              "expect: \"up 127.0.0.2:\"}\n";
+    Daemon d(rules_yaml({udp_rule("from2", "127.0.0.1:0", {up.address()}, "  source: 127.0.0.2\n" + check),
+                         udp_rule("from1", "127.0.0.1:0", {up.address()}, check)}));
+    REQUIRE(d.port("from2") != 0);
+    INFO(d.log());
+    // The rule without source: is the control: its checks come from 127.0.0.1.
+    CHECK(d.wait_log("upstream " + up.address() + " of (from1) is DOWN: expected \"up 127.0.0.2:\", got \"up 127.0.0.1:"));
+    REQUIRE(wait_until([&] { return up.received() >= 8; }, 10000ms));
+    CHECK(d.count("of (from2) is DOWN") == 0);
 }
 
 TEST_CASE("udp: two client sockets are two sessions, each sticky to its upstream socket", "[udp]") {
@@ -340,6 +451,43 @@ TEST_CASE("udp: a port range sends each port to the same port of the upstream ho
         REQUIRE(udp_ask(c.get(), "x", reply));
         CHECK(reply.rfind("p" + std::to_string(i) + " ", 0) == 0);
     }
+}
+
+TEST_CASE("udp health: a ranged upstream has one state, checked on its first port; DOWN there, no port gets it",
+          "[udp][range][health]") {
+    const int n = 3;
+    uint16_t base = 0;
+    std::vector<std::unique_ptr<UdpServer>> ups;
+    // 127.0.0.2 serves every port of the range; 127.0.0.3 all but the first.
+    for (int attempt = 0; attempt < 50 && ups.size() < 2 * n - 1; ++attempt) {
+        ups.clear();
+        base = static_cast<uint16_t>(20000 + (static_cast<unsigned>(getpid()) * 11 + attempt * 89) % 10000);
+        for (int i = 0; i < n; ++i)
+            for (const char* host : {"127.0.0.2", "127.0.0.3"}) {
+                if (i == 0 && std::string(host) == "127.0.0.3") continue;
+                auto s = std::make_unique<UdpServer>(udp_who(std::string(host) + "/" + std::to_string(i)), host,
+                                                     static_cast<uint16_t>(base + i));
+                if (!s->ok()) break;
+                ups.push_back(std::move(s));
+            }
+    }
+    REQUIRE(ups.size() == 2 * n - 1);
+    Daemon d(rules_yaml({udp_rule("range", "127.0.0.1:" + std::to_string(base) + "-" + std::to_string(base + n - 1),
+                                  {"127.0.0.2", "127.0.0.3"},
+                                  "  strategy: round-robin\n  health_check: {interval: 200ms, timeout: 1s, rise: 1, "
+                                  "fall: 1, send: \"ping\"}\n")}),
+             {"-w", "2"});
+    REQUIRE(d.port("range") == base);
+    INFO(d.log());
+    CHECK(d.wait_log("upstream 127.0.0.3 of (range) is DOWN: port unreachable (1 checks)"));
+    for (int i = 1; i < n; ++i)
+        for (int k = 0; k < 3; ++k) {
+            net::Fd c = udp_client(static_cast<uint16_t>(base + i));
+            std::string reply;
+            REQUIRE(udp_ask(c.get(), "x", reply));
+            CHECK(reply.rfind("127.0.0.2/" + std::to_string(i) + " ", 0) == 0);  // .3 would serve this port: down anyway
+        }
+    CHECK(d.count("of (range) is DOWN") == 1);  // one entry, one line: not one per port
 }
 
 TEST_CASE("udp: reloads and a killed worker under a client loop: served throughout, losses counted", "[udp][reload]") {

@@ -400,6 +400,21 @@ TEST_CASE("quoted scalars decode quotes and escapes", "[yaml_lite]") {
     });
 }
 
+TEST_CASE("octets read \\xNN escapes as single bytes, scalar as yaml's characters", "[yaml_lite]") {
+    auto result = parse("a: \"\\x12\\x81\\x80\\u00e9 z\"\nb: \"\\x41\\x7f\"\nc: '\\x81'\n");
+    REQUIRE(result.ok());
+    const Node* a = result.root.find("a");
+    CHECK(a->scalar == "\x12\xC2\x81\xC2\x80\xC3\xA9 z");
+    CHECK(a->has_octets);
+    CHECK(a->bytes() == "\x12\x81\x80\xC3\xA9 z");  // \u stays a character: only \x means a byte
+    const Node* b = result.root.find("b");  // nothing above \x7f: one form
+    CHECK_FALSE(b->has_octets);
+    CHECK(b->bytes() == "A\x7f");
+    const Node* c = result.root.find("c");  // single quotes have no escapes
+    CHECK_FALSE(c->has_octets);
+    CHECK(c->bytes() == "\\x81");
+}
+
 TEST_CASE("comments, blank lines, markers and line endings are tolerated", "[yaml_lite]") {
     checkAccepted({
         {"comments and blank lines are skipped wherever they are",
