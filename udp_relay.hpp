@@ -566,8 +566,15 @@ private:
         for (int i = g.first; i >= 0; i = next_slot_[static_cast<size_t>(i)])
             batch_.add(i, batch_.size(i), nullptr, nullptr, 0);
         uint64_t sent = 0, bytes = 0;
-        int refused = 0;
-        for (int first = 0; first < batch_.outgoing();) {
+        int refused = 0, first = 0;
+#if defined(MIXCTL_MMSG) && defined(UDP_SEGMENT)
+        if (batch_.send_segmented(s.upstream.get(), 0, batch_.outgoing())) {
+            first = batch_.outgoing();
+            sent = static_cast<uint64_t>(first);
+            for (int j = 0; j < first; ++j) bytes += batch_.outgoing_size(j);
+        }
+#endif
+        while (first < batch_.outgoing()) {
             int n = batch_.send(s.upstream.get(), first);
             if (n >= 0) {
                 for (int j = first; j < first + n; ++j) bytes += batch_.outgoing_size(j);

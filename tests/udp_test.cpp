@@ -729,3 +729,41 @@ TEST_CASE("udp: a session refused mid-batch (ICMP unreachable) ends alone; the b
     CHECK(answered);
     CHECK(reply == "later");
 }
+
+TEST_CASE("udp: a session's run of equal-sized datagrams in one batch reaches the upstream as the same datagrams",
+          "[udp][batch]") {
+    UdpServer up(udp_echo);
+    REQUIRE(up.ok());
+    Daemon d(rules_yaml({udp_rule("r", "127.0.0.1:0", {up.address()})}), {"-w", "1"});
+    uint16_t port = d.port("r");
+    REQUIRE(port != 0);
+    INFO(d.log());
+    std::vector<pid_t> workers = d.workers(1);
+    REQUIRE(workers.size() == 1);
+    net::Fd c = udp_client(port, "127.0.0.1", 3000ms);
+    std::string first;
+    REQUIRE(udp_ask(c.get(), "open", first));  // the session exists before the batch
+    // Held worker: 30 datagrams of 1,400 bytes and a shorter last one queue
+    // and are read as one batch of one session (on Linux one UDP_SEGMENT
+    // send upstream), then must arrive as 31 datagrams, not fewer or more.
+    constexpr int count = 31;
+    auto data = [](int i) { return pattern(i == count - 1 ? 100 : 1400, 7000 + static_cast<uint64_t>(i)); };
+    const int before = up.received();
+    REQUIRE(kill(workers[0], SIGSTOP) == 0);
+    for (int i = 0; i < count; ++i) {
+        std::string out = data(i);
+        REQUIRE(::send(c.get(), out.data(), out.size(), 0) == static_cast<ssize_t>(out.size()));
+    }
+    REQUIRE(kill(workers[0], SIGCONT) == 0);
+    std::vector<char> buf(70000);
+    int wrong = 0, got = 0;
+    for (int i = 0; i < count; ++i) {
+        ssize_t n = ::recv(c.get(), buf.data(), buf.size(), 0);
+        if (n < 0) break;
+        ++got;
+        if (std::string(buf.data(), static_cast<size_t>(n)) != data(i)) ++wrong;
+    }
+    CHECK(got == count);
+    CHECK(wrong == 0);
+    CHECK(up.received() - before == count);
+}
