@@ -145,6 +145,11 @@ struct Rule {
     int source_line_of(size_t u) const { return to[u].source.empty() ? policy.source_line : to[u].source_line; }
     std::vector<Upstream> to;
     Policy policy;
+    // What the file says for this rule, with the `defaults:` it inherits, as
+    // one canonical text (yaml_lite::canonical): a reload compares these, so
+    // a change to any key, present or future, counts as a change (an edit
+    // to an ignored unknown key too). Empty for a route's pool.
+    std::string fingerprint;
     // Reads the first bytes of a connection before dialing.
     bool prereads() const { return policy.accept_proxy || !routes.empty(); }
 };
@@ -184,6 +189,27 @@ inline std::vector<const Rule*> pools(const Config& cfg) {
         for (const Rule& route : rule.routes) out.push_back(&route);
     }
     return out;
+}
+
+// What a reload did to the rules, for its log line: "2 rules (1 added, 0
+// removed, 1 changed)". Rules are matched by name; one whose fingerprint
+// differs counts as changed.
+inline std::string reload_summary(const Config& now, const Config& before) {
+    size_t added = 0, removed = 0, changed = 0;
+    for (const Rule& r : now.rules) {
+        const Rule* old = nullptr;
+        for (const Rule& o : before.rules)
+            if (o.name == r.name) old = &o;
+        if (!old) ++added;
+        else if (old->fingerprint != r.fingerprint) ++changed;
+    }
+    for (const Rule& o : before.rules) {
+        bool kept = false;
+        for (const Rule& r : now.rules) kept = kept || r.name == o.name;
+        removed += !kept;
+    }
+    return std::to_string(now.rules.size()) + " rules (" + std::to_string(added) + " added, " +
+           std::to_string(removed) + " removed, " + std::to_string(changed) + " changed)";
 }
 
 struct Diagnostics {
@@ -338,7 +364,18 @@ private:
         if (routes && rule.policy.protocol == Protocol::udp)
             error(routes_line, "routes: means nothing for a udp rule (SNI routes are chosen by a TCP ClientHello)");
         else if (routes) parse_routes(*routes, rule);  // after the name: a route's pool carries it
+        rule.fingerprint = fingerprint_of(node);
         return diag_.errors.size() == errors_before;
+    }
+
+    std::string fingerprint_of(const yaml_lite::Node& rule) const {
+        yaml_lite::Node effective = rule;
+        if (defaults_node_)
+            for (const yaml_lite::Entry& entry : defaults_node_->entries)
+                if (!rule.find(entry.key)) effective.entries.push_back(entry);
+        std::string out;
+        yaml_lite::canonical(effective, out);
+        return out;
     }
 
     struct SetKey {
@@ -660,6 +697,7 @@ private:
             error(node.line, "defaults: must be a mapping of rule settings");
             return;
         }
+        defaults_node_ = &node;
         for (const yaml_lite::Entry& entry : node.entries) {
             if (policy_key(entry, defaults_)) defaults_keys_.push_back({entry.key, entry.line});
             else warn(entry.line, "unknown key \"" + entry.key + "\" ignored");
@@ -891,6 +929,7 @@ private:
     Diagnostics& diag_;
     Policy defaults_;
     std::vector<SetKey> defaults_keys_;
+    const yaml_lite::Node* defaults_node_ = nullptr;  // in the tree being built
     struct Claim {
         net::HostPort where;
         uint16_t last;

@@ -347,44 +347,6 @@ void carry_state(Generation& gen, const Generation& previous) {
     }
 }
 
-// What makes two rules of the same name "the same" for the reload summary.
-std::string fingerprint(const config::Rule& rule) {
-    const config::Policy& p = rule.policy;
-    std::string out = rule.from_text + "|" + config::strategy_name(p.strategy) + "|" + std::to_string(p.max_fails) +
-                      "|" + std::to_string(p.fail_timeout.count()) + "|" + std::to_string(p.resolve_interval.count()) +
-                      "|" + std::to_string(static_cast<int>(p.proxy)) + "|" + std::to_string(p.health.enabled) + "|" +
-                      std::to_string(p.health.interval.count()) + "|" + std::to_string(p.health.timeout.count()) + "|" +
-                      std::to_string(p.health.rise) + "|" + std::to_string(p.health.fall);
-    for (const config::Upstream& up : rule.to)
-        out += "|" + up.text + "*" + std::to_string(up.weight) + (up.backup ? "b" : "");
-    out += "|" + std::to_string(p.accept_proxy) + std::to_string(p.max_conns_per_client) + "|" +
-           std::to_string(p.preread_timeout.count()) + "|" + std::to_string(p.proxy_trusted.size());
-    for (const config::Rule& route : rule.routes) {
-        out += "|route " + route.route;
-        for (const config::SniName& n : route.sni) out += " " + n.name + (n.wildcard ? "*" : "");
-        out += " " + fingerprint(route);
-    }
-    return out;
-}
-
-std::string reload_summary(const config::Config& now, const config::Config& before) {
-    size_t added = 0, removed = 0, changed = 0;
-    for (const config::Rule& r : now.rules) {
-        const config::Rule* old = nullptr;
-        for (const config::Rule& o : before.rules)
-            if (o.name == r.name) old = &o;
-        if (!old) ++added;
-        else if (fingerprint(*old) != fingerprint(r)) ++changed;
-    }
-    for (const config::Rule& o : before.rules) {
-        bool kept = false;
-        for (const config::Rule& r : now.rules) kept = kept || r.name == o.name;
-        removed += !kept;
-    }
-    return std::to_string(now.rules.size()) + " rules (" + std::to_string(added) + " added, " +
-           std::to_string(removed) + " removed, " + std::to_string(changed) + " changed)";
-}
-
 // Reads, validates, resolves and binds; nullptr (with every reason logged)
 // when any step fails. -check runs the same reading and validation.
 std::unique_ptr<Generation> build_generation(const std::string& file, size_t workers, const Generation* previous,
@@ -507,7 +469,7 @@ private:
             log_.print("reload of %s failed: still serving the previous configuration", options_.file.c_str());
             return;
         }
-        std::string summary = reload_summary(next->cfg, current_->cfg);
+        std::string summary = config::reload_summary(next->cfg, current_->cfg);
         Clock::time_point kill_at = Clock::now() + grace() + std::chrono::seconds(2);
         for (const WorkerProcess& w : current_->processes)
             if (w.pid > 0) {

@@ -134,8 +134,11 @@ public:
     // Source readable: move what we can. Returns 0, or the errno that should
     // abort the connection. source_shut: poll() saw the source's FIN
     // (POLLRDHUP), so a read that leaves the socket empty also reached EOF
-    // and no extra read() is needed to learn it.
-    int pump(int source, int destination, char* scratch, BufferPool& pool, PipePool& pipes, bool source_shut) {
+    // and no extra read() is needed to learn it. source_error: the same
+    // wait reported POLLERR on the source (see end_of_source()).
+    int pump(int source, int destination, char* scratch, BufferPool& pool, PipePool& pipes, bool source_shut,
+             bool source_error) {
+        error_reported_ = source_error;
 #ifdef MIXCTL_SPLICE
         // Small exchanges are cheaper with read/write; a direction switches to
         // splice once one read fills the whole buffer (a bulk transfer).
@@ -306,10 +309,14 @@ private:
     // The read said EOF, or POLLRDHUP let us skip the read that would have.
     // Linux raises POLLRDHUP for a reset as well as for a FIN, and a read
     // returns the bytes that came before a reset first: only the socket's
-    // error tells an abort from a finished stream.
+    // error tells an abort from a finished stream. The kernel sets that
+    // error before it marks the socket shut, so a wait that saw the shut
+    // without POLLERR saw a FIN, and asking (getsockopt, a system call per
+    // EOF) would only say 0. A reset that comes after that wait still
+    // arrives as POLLERR and aborts (source_failed()).
     int end_of_source(int source, int destination) {
         eof_ = true;
-        source_error_ = net::pending_error(source);
+        source_error_ = error_reported_ ? net::pending_error(source) : 0;
         return pass_on_eof(destination);
     }
 
@@ -331,6 +338,7 @@ private:
     bool shut_ = false;
     bool close_follows_eof_ = false;
     bool fault_at_source_ = false;
+    bool error_reported_ = true;  // this turn's wait said POLLERR on the source (unknown: true)
     int source_error_ = 0;  // the source ended with an error, not a FIN: passed on as an abort
     uint64_t bytes_ = 0;
 };

@@ -437,21 +437,22 @@ inline uint64_t ClientTable::key(size_t rule, const net::SockAddr& client) {
     return mix64(client_key(client) ^ mix64(rule + 1)) >> 16;  // 48 bits
 }
 
+// The strategy's choice among group[0..count): an index into group.
 template <class Random>
-size_t pick(const Pool& pool, const std::vector<uint16_t>& group, const net::SockAddr& client, Random& random) {
+size_t pick(const Pool& pool, const uint16_t* group, size_t count, const net::SockAddr& client, Random& random) {
     const config::Rule& rule = *pool.rule;
     auto weight = [&](size_t k) {
         return static_cast<uint64_t>(std::max<uint32_t>(1, pool.at(group[k]).weight.load(std::memory_order_relaxed)));
     };
     uint64_t total = 0;
-    for (size_t k = 0; k < group.size(); ++k) total += weight(k);
+    for (size_t k = 0; k < count; ++k) total += weight(k);
     switch (rule.policy.strategy) {
         case config::Strategy::random:
         case config::Strategy::round_robin: {
             uint64_t ticket = rule.policy.strategy == config::Strategy::random
                                   ? random() % total
                                   : pool.state->cursor.fetch_add(1) % total;
-            for (size_t k = 0; k < group.size(); ++k) {
+            for (size_t k = 0; k < count; ++k) {
                 if (ticket < weight(k)) return k;
                 ticket -= weight(k);
             }
@@ -467,12 +468,12 @@ size_t pick(const Pool& pool, const std::vector<uint16_t>& group, const net::Soc
                 uint64_t ay = pool.at(group[y]).active.load(std::memory_order_relaxed);
                 return ax * weight(y) < ay * weight(x);
             };
-            for (size_t k = 1; k < group.size(); ++k)
+            for (size_t k = 1; k < count; ++k)
                 if (fewer(k, best)) best = k;
-            for (size_t k = 0; k < group.size(); ++k) ties += !fewer(best, k);
+            for (size_t k = 0; k < count; ++k) ties += !fewer(best, k);
             if (ties < 2) return best;
             uint64_t turn = pool.state->cursor.fetch_add(1) % ties;
-            for (size_t k = 0; k < group.size(); ++k)
+            for (size_t k = 0; k < count; ++k)
                 if (!fewer(best, k) && turn-- == 0) return k;
             return best;
         }
@@ -482,7 +483,7 @@ size_t pick(const Pool& pool, const std::vector<uint16_t>& group, const net::Soc
             uint64_t key = client_key(client);
             size_t best = 0;
             double best_score = -1;
-            for (size_t k = 0; k < group.size(); ++k) {
+            for (size_t k = 0; k < count; ++k) {
                 const std::string& name = rule.to[group[k]].text;
                 uint64_t h = hash_bytes(name.data(), name.size(), key);
                 double unit = (static_cast<double>(h >> 11) + 0.5) / 9007199254740992.0;  // (0,1)
@@ -499,50 +500,72 @@ size_t pick(const Pool& pool, const std::vector<uint16_t>& group, const net::Soc
 }
 
 
+// Fisher-Yates over v[from..to): the order among equals is random.
+template <class Random>
+void shuffle_range(std::vector<uint16_t>& v, size_t from, size_t to, Random& random) {
+    for (size_t i = to; i > from + 1; --i) std::swap(v[i - 1], v[from + random() % (i - from)]);
+}
+
 // Which upstreams a connection tries, in order. `out` holds indexes into the
-// rule's `to`. Returns false when nothing was up and the list is everything
-// (fail open), so the caller can say so.
-// Which upstreams a connection tries, in order. `out` holds indexes into the
-// rule's `to`. Disabled upstreams and those at their max_conns are never in
-// it; the rule's `retries` cuts it to 1 + retries. Returns false when nothing
-// was up and the list is everything left (fail open), so the caller can say so.
+// rule's `to`: the group that serves (the primaries that are up, or the
+// backups that are up when no primary is), the strategy's pick first and the
+// rest in random order; behind serving primaries, the backups that are up;
+// then the upstreams marked down (by a health check or by max_fails),
+// primaries before backups, each in random order. A down mark means "try
+// last", not "never": one that came back before its health state caught up
+// still serves a client whom every up upstream refused. Disabled upstreams
+// and those at their max_conns are never in it; the rule's `retries` cuts it
+// to 1 + retries. Returns false when nothing was up and the list is every
+// usable upstream, the strategy's pick first (fail open), so the caller can
+// say so. Allocates nothing once `out` has grown to the rule's size.
 template <class Random>
 bool plan(const Pool& pool, const net::SockAddr& client, int64_t now_ms, Random& random, std::vector<uint16_t>& out) {
-    out.clear();
     const config::Rule& rule = *pool.rule;
     const size_t n = pool.size();
-    auto usable = [&](size_t i) {
-        return !pool.at(i).disabled.load(std::memory_order_relaxed) && !full(pool.at(i), rule.to[i]);
-    };
-    std::vector<uint16_t>& group = out;  // built in place: first the group that serves
+    // Each state is read once, so a probe landing half way can neither list
+    // an upstream twice nor leave it out: up ones from the front, down ones
+    // from the back; primaries in a first pass, backups in a second (the
+    // flag is the file's: it does not move). Then out is [up primaries, up
+    // backups, gap, down backups, down primaries], each up tier in index
+    // order and each down tier in reverse.
+    out.resize(n);
+    size_t front = 0, back = n, up_primaries = 0, down_primaries = 0;
     for (bool backups : {false, true}) {
-        for (size_t i = 0; i < n; ++i)
-            if (rule.to[i].backup == backups && usable(i) && is_up(pool.at(i), now_ms))
-                group.push_back(static_cast<uint16_t>(i));
-        if (!group.empty()) break;
+        for (size_t i = 0; i < n; ++i) {
+            if (rule.to[i].backup != backups || pool.at(i).disabled.load(std::memory_order_relaxed) ||
+                full(pool.at(i), rule.to[i]))
+                continue;
+            out[is_up(pool.at(i), now_ms) ? front++ : --back] = static_cast<uint16_t>(i);
+        }
+        if (!backups) {
+            up_primaries = front;
+            down_primaries = n - back;
+        }
     }
-    bool any_up = !group.empty();
-    if (!any_up)
-        for (size_t i = 0; i < n; ++i)
-            if (usable(i)) group.push_back(static_cast<uint16_t>(i));
-    if (group.empty()) return true;  // all disabled or full: nothing to try (not a health problem)
-
-    size_t first = pick(pool, group, client, random);
-    std::swap(group[0], group[first]);
-    // The rest in random order (Fisher-Yates over group[1..]).
-    for (size_t i = group.size(); i > 2; --i) std::swap(group[i - 1], group[1 + random() % (i - 1)]);
-    // Primaries that are up come first; backups that are up follow them, so
-    // a connect that fails on every primary still finds a backup.
-    if (any_up && !rule.to[group[0]].backup) {
-        size_t primaries = group.size();
-        for (size_t i = 0; i < n; ++i)
-            if (rule.to[i].backup && usable(i) && is_up(pool.at(i), now_ms)) group.push_back(static_cast<uint16_t>(i));
-        for (size_t i = group.size(); i > primaries + 1; --i)
-            std::swap(group[i - 1], group[primaries + random() % (i - primaries)]);
+    const size_t up = front;
+    out.erase(out.begin() + static_cast<std::ptrdiff_t>(up), out.begin() + static_cast<std::ptrdiff_t>(back));
+    std::reverse(out.begin() + static_cast<std::ptrdiff_t>(up), out.end());  // down primaries, then down backups
+    if (out.empty()) return true;  // all disabled or full: nothing to try (not a health problem)
+    auto pick_first = [&](size_t count) {
+        std::swap(out[0], out[pick(pool, out.data(), count, client, random)]);
+        shuffle_range(out, 1, count, random);
+    };
+    auto cut = [&] {
+        if (rule.policy.retries >= 0 && out.size() > static_cast<size_t>(rule.policy.retries) + 1)
+            out.resize(static_cast<size_t>(rule.policy.retries) + 1);
+    };
+    if (up == 0) {  // fail open: every usable upstream is the group
+        pick_first(out.size());
+        cut();
+        return false;
     }
-    if (rule.policy.retries >= 0 && group.size() > static_cast<size_t>(rule.policy.retries) + 1)
-        group.resize(static_cast<size_t>(rule.policy.retries) + 1);
-    return any_up;
+    const size_t serving = up_primaries ? up_primaries : up;
+    pick_first(serving);
+    shuffle_range(out, serving, up, random);  // the backups behind serving primaries
+    shuffle_range(out, up, up + down_primaries, random);
+    shuffle_range(out, up + down_primaries, out.size(), random);
+    cut();
+    return true;
 }
 
 }  // namespace upstreams

@@ -109,6 +109,7 @@ public:
             now_ = Clock::now();
             for (int i = 0; i < ready; ++i) handle(events[i]);
             if (descriptors_freed_) after_descriptors_freed();
+            watch_slow_dials();
             // Handling the ready sockets can take a while on a busy machine;
             // a dial deadline must count from the accept, not from the wait.
             now_ = Clock::now();
@@ -196,7 +197,8 @@ private:
         c.token[side] = 0;
     }
 
-    int set_events(Conn& c, Side side, uint32_t events) {
+    int set_events(Conn& c, uint32_t id, Side side, uint32_t events) {
+        if (!c.token[side]) return watch(c, id, side, events);  // a client whose dial was quick joins only now
         // A socket shut both ways reports POLLHUP for ever; with nothing to
         // ask of it, it leaves the wait set instead of spinning the loop.
         return poller_.want(fd_of(c, side), (events == 0 && c.hung_up[side]) ? poller::silent : events);
@@ -204,12 +206,28 @@ private:
 
     // What each socket is waited for follows from the relay's state; the
     // poller makes a system call only when that changes.
-    int update_events(Conn& c) {
-        if (!c.connected) return set_events(c, client_side, 0);  // still told of POLLERR/POLLHUP: a client that gave up
-        if (int err = set_events(c, client_side, (c.up.wants_read() ? readable : 0) |
-                                                     (c.down.has_parked() ? POLLOUT : 0)))
+    int update_events(Conn& c, uint32_t id) {
+        if (!c.connected) return set_events(c, id, client_side, 0);  // still told of POLLERR/POLLHUP: a client that gave up
+        if (int err = set_events(c, id, client_side, (c.up.wants_read() ? readable : 0) |
+                                                         (c.down.has_parked() ? POLLOUT : 0)))
             return err;
-        return set_events(c, upstream_side, (c.down.wants_read() ? readable : 0) | (c.up.has_parked() ? POLLOUT : 0));
+        return set_events(c, id, upstream_side,
+                          (c.down.wants_read() ? readable : 0) | (c.up.has_parked() ? POLLOUT : 0));
+    }
+
+    // A new client joins the wait set (for nothing but POLLERR/POLLHUP: it
+    // may reset while we dial) only if its dial outlasts one turn of the
+    // loop. Most dials end in the next wait, and the client then joins once,
+    // already waiting for its bytes: one epoll_ctl per connection fewer.
+    static constexpr int slow_dial_ms = 20;
+    void watch_slow_dials() {
+        slow_spare_.clear();
+        slow_spare_.swap(dialing_unwatched_);
+        for (uint32_t id : slow_spare_) {
+            Conn& c = *conns_[id];
+            if (!c.client || c.connected || c.token[client_side]) continue;  // done, or a later connection's
+            if (int err = watch(c, id, client_side, 0)) wait_set_full(id, err);
+        }
     }
 
     // The wait set refused a socket (epoll_ctl: ENOMEM, or ENOSPC from
@@ -231,6 +249,9 @@ private:
         if (udp_) wake = std::min(wake, udp_->next_deadline());
         if (stopping_) wake = std::min(wake, grace_deadline_);
         if (acceptor_.paused()) wake = std::min(wake, acceptor_.resume_at());
+        // A dial that outlasts this wait has its client watched after it
+        // (watch_slow_dials): a client resetting meanwhile is seen soon.
+        if (!dialing_unwatched_.empty()) wake = std::min(wake, now + std::chrono::milliseconds(slow_dial_ms));
         const std::chrono::milliseconds recheck(paced(balance::Board::recheck_every_ms));
         if (acceptor_.rules_full() && !stopping_) wake = std::min(wake, now + recheck);
         // Others' accept counts change without waking us: a worker held back
@@ -348,10 +369,7 @@ private:
             timers_.schedule(id, now_ + std::chrono::duration_cast<Clock::duration>(own.policy.preread_timeout));
             return;
         }
-        if (int err = watch(c, id, client_side, 0)) {
-            wait_set_full(id, err);
-            return;
-        }
+        dialing_unwatched_.push_back(id);
         dialer_.plan(c.pool, peer, now_, c.dial);
         dial_next(id);
     }
@@ -406,7 +424,7 @@ private:
             c.pool = static_cast<uint32_t>(shared_.route_pool_index(rule_index, static_cast<size_t>(pre.route())));
         c.prereading = false;  // c.pre keeps the bytes for connected()
         timers_.cancel(id);
-        if (int err = set_events(c, client_side, 0)) return wait_set_full(id, err);
+        if (int err = set_events(c, id, client_side, 0)) return wait_set_full(id, err);
         dialer_.plan(c.pool, c.client_address, now_, c.dial);
         dial_next(id);
     }
@@ -492,11 +510,11 @@ private:
                 return;
             }
         }
-        if (int err = update_events(c)) return wait_set_full(id, err);
+        if (int err = update_events(c, id)) return wait_set_full(id, err);
         // Most clients speak first (HTTP, TLS) and have done so while we
         // dialed: relay that now instead of one wait later. A client that
         // waits for the server costs one read() that finds nothing.
-        if (c.up.wants_read()) on_relay_event(id, client_side, POLLIN);
+        if (c.up.wants_read()) on_relay_event(id, client_side, POLLIN, false);
     }
 
     void on_dial_event(uint32_t id, Side side, uint32_t events) {
@@ -514,7 +532,9 @@ private:
     }
 
     // The relay state machine: one socket of a connected pair is ready.
-    void on_relay_event(uint32_t id, Side side, uint32_t events) {
+    // polled: events come from a wait, so a missing POLLERR means the socket
+    // had no error then (the relay need not ask it at EOF).
+    void on_relay_event(uint32_t id, Side side, uint32_t events, bool polled = true) {
         Conn& c = *conns_[id];
         const int client = c.client.get(), upstream = c.upstream.get();
         const bool from_client = side == client_side;
@@ -535,7 +555,8 @@ private:
             if (err && writing.fault_at_source()) failed = peer;
         }
         if (!err && (events & (POLLIN | POLLHUP | POLLERR)) && reading.wants_read()) {
-            err = reading.pump(self, other, scratch_.get(), pool_, pipes_, (events & source_shut) != 0);
+            err = reading.pump(self, other, scratch_.get(), pool_, pipes_, (events & source_shut) != 0,
+                               !polled || (events & POLLERR) != 0);
             if (err && !reading.fault_at_source()) failed = peer;
         }
         if (!err && (events & POLLERR) && !reading.wants_read() && !writing.has_parked())
@@ -556,7 +577,7 @@ private:
             c.half_closed_at = now_;
             if (rule(c).policy.halfclose_timeout.count() > 0) arm_relay_timer(c, id);
         }
-        if (int e = update_events(c)) wait_set_full(id, e);
+        if (int e = update_events(c, id)) wait_set_full(id, e);
     }
 
     // ---- timers ---------------------------------------------------------
@@ -706,6 +727,7 @@ private:
     std::vector<std::unique_ptr<Conn>> conns_;
     std::vector<uint32_t> free_;
     std::vector<uint32_t> waiting_for_fds_, waiting_spare_;
+    std::vector<uint32_t> dialing_unwatched_, slow_spare_;  // started, client not yet in the wait set
     size_t live_ = 0;
     uint32_t serial_ = 0;
     timers::Queue timers_;

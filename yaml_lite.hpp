@@ -818,6 +818,38 @@ private:
 
 inline Result parse(std::string_view text) { return detail::Parser(text).run(); }
 
+// The tree as one string that layout, comments, quoting, flow or block style,
+// line numbers and the order of a mapping's keys do not change: two trees
+// with equal canonical texts say the same thing. Scalars are length-prefixed,
+// so no text can pass for structure.
+inline void canonical(const Node& node, std::string& out) {
+    switch (node.kind) {
+        case Kind::Null: out += '~'; return;
+        case Kind::Scalar:
+            out += std::to_string(node.scalar.size()) + '"';
+            out += node.scalar;
+            return;
+        case Kind::Sequence:
+            out += '[';
+            for (const Node& item : node.items) canonical(item, out);
+            out += ']';
+            return;
+        case Kind::Mapping: {
+            std::vector<const Entry*> sorted;
+            for (const Entry& entry : node.entries) sorted.push_back(&entry);
+            std::sort(sorted.begin(), sorted.end(), [](const Entry* a, const Entry* b) { return a->key < b->key; });
+            out += '{';
+            for (const Entry* entry : sorted) {
+                out += std::to_string(entry->key.size()) + '"';
+                out += entry->key;
+                canonical(entry->value, out);
+            }
+            out += '}';
+            return;
+        }
+    }
+}
+
 }  // namespace yaml_lite
 
 #endif  // MIXCTL_YAML_LITE_HPP

@@ -48,6 +48,7 @@ PROXIES = ["mixctl", "haproxy", "nginx"]
 # Linux), "mixctl-poll" the portable poll() backend of the same binary.
 MIXCTL_BACKENDS = {"mixctl": [], "mixctl-epoll": ["env", "MIXCTL_POLLER=epoll"],
                    "mixctl-poll": ["env", "MIXCTL_POLLER=poll"]}
+EXTRA_BINS = {}  # --mixctl-bin NAME=PATH: more mixctl targets, each its own binary
 T0 = time.monotonic()
 
 
@@ -375,6 +376,7 @@ def binaries():
         "iperf3": which("iperf3"),
         "wrk": which("wrk"),
         "mixctl": os.path.join(ROOT, "mixctl") if os.access(os.path.join(ROOT, "mixctl"), os.X_OK) else None,
+        **EXTRA_BINS,
     }
 
 
@@ -515,7 +517,7 @@ def proxy_argv(kind, setup, listen, ups, tag):
         cfg = write(os.path.join(d, "rules.yaml"),
                     "version: 0.1\nrules:\n- name: bench\n  from: %s:%d\n  to: [%s]\n" % (LOOP, listen, to))
         # env execs mixctl: the pid is mixctl's
-        return MIXCTL_BACKENDS[kind] + [setup.bins["mixctl"]] + ([] if defaults else ["-w", str(w)]) + \
+        return MIXCTL_BACKENDS[kind] + [setup.bins.get(kind) or setup.bins["mixctl"]] + ([] if defaults else ["-w", str(w)]) + \
             ["-v=false", "-f", cfg]
     if kind == "haproxy":
         servers = "".join("    server s%d %s:%d\n" % (i + 1, LOOP, u) for i, u in enumerate(ups))
@@ -1011,8 +1013,23 @@ def parse_args():
                     help="CPUs for the default-settings workload (default 0,1: both, unpinned; the load shares one)")
     ap.add_argument("--workloads", default=os.environ.get("BENCH_WORKLOADS", "http,bulk,defaults,fdlimit"),
                     help="comma list from http,bulk,defaults,fdlimit (default all)")
+    ap.add_argument("--mixctl-bin", action="append", default=[], metavar="NAME=PATH",
+                    help="A/B runs: one more target NAME (e.g. mixctl-old) running the mixctl binary at PATH "
+                    "beside ./mixctl, same settings; repeatable; MIXCTL_POLLER=poll|epoll prefixes as "
+                    "NAME=poll:PATH")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs)")
     a = ap.parse_args()
+    for spec in a.mixctl_bin:
+        name, _, path = spec.partition("=")
+        env = []
+        if path.startswith(("poll:", "epoll:")):
+            backend, _, path = path.partition(":")
+            env = ["env", "MIXCTL_POLLER=" + backend]
+        if not name or not path or name in TARGETS or not os.access(path, os.X_OK):
+            ap.error("--mixctl-bin %s: want NAME=PATH, a new name and an executable" % spec)
+        MIXCTL_BACKENDS[name] = env
+        TARGETS.insert(TARGETS.index("mixctl") + 1, name)
+        EXTRA_BINS[name] = os.path.abspath(path)
     a.workloads = {x.strip() for x in a.workloads.split(",") if x.strip()}
     a.reps = max(2, a.reps or (2 if a.quick else 3))
     a.duration = a.duration or (1 if a.quick else 4)
@@ -1143,7 +1160,7 @@ def run(args):
                             res.update(measure_proxy_bulk(t, setup, rep))
                         # the two proxies whose settings users leave alone and
                         # whose accept path issue 20.4 compares
-                        if setup.http_ports and t in ("mixctl", "haproxy") and bins["wrk"]:
+                        if setup.http_ports and (t == "haproxy" or t in MIXCTL_BACKENDS) and bins["wrk"]:
                             if "defaults" in args.workloads:
                                 res.update(measure_defaults(t, setup, rep))
                             if "fdlimit" in args.workloads:

@@ -884,10 +884,10 @@ class Run:
         c = self.counts
         lost_worker = lost_upstream = no_upstream = 0
         unaccounted, reset_as_fin = [], []
-        # Clients the daemon closed because every upstream it would dial
-        # failed: with the default max_fails 1 / fail_timeout 10s, upstreams
-        # killed (and restarted) in the last 10 s are still marked down, so
-        # the kill of the one left up leaves nothing to fail over to.
+        # Clients the daemon closed because every upstream it dialed failed
+        # near an upstream kill. Upstreams killed (and restarted) in the last
+        # 10 s are still marked down (max_fails 1, fail_timeout 10s) but are
+        # tried last, so this needs every upstream dead at that moment.
         gave_up = set()
         for line in self.daemon.log().splitlines():
             at = line.find(" reachable for 127.0.0.1:")

@@ -17,6 +17,7 @@
 
 #include <dirent.h>
 
+#include "config.hpp"
 #include "harness.hpp"
 
 namespace {
@@ -560,6 +561,157 @@ TEST_CASE("docs/configuration.md's key tables list exactly the keys the parser a
         INFO("documented but not a key the parser knows: " << key);
         CHECK(keys.count(key) == 1);
     }
+}
+
+// ---- the reload summary counts a change to any documented key ------------------------
+
+namespace {
+
+// Two values for a key, each valid where the key is (spots in
+// `change_contexts`). A key may bring a companion it needs (proxy_trusted
+// wants accept_proxy).
+const std::map<std::string, std::pair<std::string, std::string>> changed_values = {
+    {"strategy", {"random", "round-robin"}},
+    {"max_fails", {"1", "2"}},
+    {"fail_timeout", {"10s", "20s"}},
+    {"health_check", {"{interval: 5s}", "{interval: 6s}"}},
+    {"resolve_interval", {"30s", "31s"}},
+    {"proxy_protocol", {"v1", "v2"}},
+    {"connect_timeout", {"1s", "2s"}},
+    {"retries", {"1", "2"}},
+    {"idle_timeout", {"1m", "2m"}},
+    {"halfclose_timeout", {"1m", "2m"}},
+    {"protocol", {"tcp", "udp"}},
+    {"responses", {"1", "2"}},
+    {"max_sessions", {"10", "20"}},
+    {"source", {"127.0.0.1", "127.0.0.2"}},
+    {"max_conns", {"1", "2"}},
+    {"routes", {"[{sni: [a.example], to: [127.0.0.1:2]}]", "[{sni: [b.example], to: [127.0.0.1:2]}]"}},
+    {"accept_proxy", {"false", "true"}},
+    {"proxy_trusted", {"127.0.0.1, accept_proxy: true", "127.0.0.2, accept_proxy: true"}},
+    {"preread_timeout", {"5s", "6s"}},
+    {"max_conns_per_client", {"1", "2"}},
+    {"allow", {"127.0.0.1", "127.0.0.2"}},
+    {"deny", {"127.0.0.1", "127.0.0.2"}},
+    {"weight", {"1", "2"}},
+    {"backup", {"false", "true"}},
+    {"interval", {"5s", "6s"}},
+    {"timeout", {"1s", "2s"}},
+    {"rise", {"1", "2"}},
+    {"fall", {"1", "2"}},
+    {"send", {"\"PING\\r\\n\"", "\"PONG\\r\\n\""}},
+    {"expect", {"\"+PONG\"", "\"+PING\""}},
+    {"tls", {"false", "true"}},
+    {"sni", {"a.example", "b.example"}},
+};
+
+// Where a rule's settings sit; "KEY: x" marks the spot.
+const Context change_contexts[] = {
+    {"defaults", "defaults: {KEY: x}\nrules:\n- {from: 127.0.0.1:0, to: [127.0.0.1:1]}\n", ""},
+    {"rule", "rules:\n- {from: 127.0.0.1:0, to: [127.0.0.1:1], KEY: x}\n", ""},
+    {"udp rule", "rules:\n- {from: 127.0.0.1:0, protocol: udp, to: [127.0.0.1:1], KEY: x}\n", ""},
+    {"upstream", "rules:\n- {from: 127.0.0.1:0, to: [{address: 127.0.0.1:1, KEY: x}]}\n", ""},
+    {"health_check", "rules:\n- {from: 127.0.0.1:0, to: [127.0.0.1:1], health_check: {KEY: x}}\n", ""},
+    {"health_check tls", "rules:\n- {from: 127.0.0.1:0, to: [127.0.0.1:1], health_check: {tls: true, KEY: x}}\n", ""},
+    {"route", "rules:\n- {from: 127.0.0.1:0, to: [127.0.0.1:1], routes: [{sni: [a.example], to: [127.0.0.1:2], KEY: x}]}\n",
+     ""},
+};
+
+// Keys whose change is not a rule's setting, and the summary that says so.
+const std::map<std::string, std::pair<std::string, std::string>> whole_file_changes = {
+    {"rules", {"rules:\n- {from: 127.0.0.1:0, to: [127.0.0.1:1]}\n",
+               "rules:\n- {from: 127.0.0.1:0, to: [127.0.0.1:1]}\n- {from: 127.0.0.1:5, to: [127.0.0.1:1]}\n"}},
+    {"from", {"rules:\n- {name: r, from: 127.0.0.1:0, to: [127.0.0.1:1]}\n",
+              "rules:\n- {name: r, from: 127.0.0.1:5, to: [127.0.0.1:1]}\n"}},
+    {"to", {"rules:\n- {from: 127.0.0.1:0, to: [127.0.0.1:1]}\n", "rules:\n- {from: 127.0.0.1:0, to: [127.0.0.1:2]}\n"}},
+    {"address", {"rules:\n- {from: 127.0.0.1:0, to: [{address: 127.0.0.1:1}]}\n",
+                 "rules:\n- {from: 127.0.0.1:0, to: [{address: 127.0.0.1:2}]}\n"}},
+    {"defaults", {"defaults: {max_fails: 2}\nrules:\n- {from: 127.0.0.1:0, to: [127.0.0.1:1]}\n",
+                  "defaults: {max_fails: 3}\nrules:\n- {from: 127.0.0.1:0, to: [127.0.0.1:1]}\n"}},
+    {"name", {"rules:\n- {name: r, from: 127.0.0.1:0, to: [127.0.0.1:1]}\n",
+              "rules:\n- {name: s, from: 127.0.0.1:0, to: [127.0.0.1:1]}\n"}},
+    {"metrics", {"metrics: 127.0.0.1:0\nrules:\n- {from: 127.0.0.1:0, to: [127.0.0.1:1]}\n",
+                 "metrics: 127.0.0.1:9\nrules:\n- {from: 127.0.0.1:0, to: [127.0.0.1:1]}\n"}},
+    {"control", {"control: /tmp/a.sock\nrules:\n- {from: 127.0.0.1:0, to: [127.0.0.1:1]}\n",
+                 "control: /tmp/b.sock\nrules:\n- {from: 127.0.0.1:0, to: [127.0.0.1:1]}\n"}},
+    {"version", {"version: 0.1\nrules:\n- {from: 127.0.0.1:0, to: [127.0.0.1:1]}\n",
+                 "version: 0.2\nrules:\n- {from: 127.0.0.1:0, to: [127.0.0.1:1]}\n"}},
+};
+const std::map<std::string, std::string> whole_file_summaries = {
+    {"rules", "2 rules (1 added, 0 removed, 0 changed)"}, {"from", "1 rules (0 added, 0 removed, 1 changed)"},
+    {"to", "1 rules (0 added, 0 removed, 1 changed)"},    {"address", "1 rules (0 added, 0 removed, 1 changed)"},
+    {"name", "1 rules (1 added, 1 removed, 0 changed)"},  {"defaults", "1 rules (0 added, 0 removed, 1 changed)"},  {"metrics", "1 rules (0 added, 0 removed, 0 changed)"},
+    {"control", "1 rules (0 added, 0 removed, 0 changed)"}, {"version", "1 rules (0 added, 0 removed, 0 changed)"},
+};
+
+struct Parsed {
+    config::Config cfg;
+    config::Diagnostics diag;
+    bool ok = false;
+    explicit Parsed(const std::string& text) { ok = config::parse_text(text, "rules.yaml", cfg, diag); }
+    bool calls_unknown(const std::string& key) const {
+        for (const std::string& w : diag.warnings)
+            if (w.find("unknown key \"" + key + "\"") != std::string::npos) return true;
+        return false;
+    }
+};
+
+}  // namespace
+
+TEST_CASE("a reload that changes any key of docs/configuration.md alone reports its rule changed",
+          "[docs][reload]") {
+    Names documented = table_keys(read_text("docs/configuration.md"));
+    REQUIRE(documented.count("max_conns") == 1);  // the table scan works
+    for (const std::string& key : documented) {
+        INFO("key " << key);
+        if (whole_file_changes.count(key)) {
+            const auto& texts = whole_file_changes.at(key);
+            Parsed before(texts.first), after(texts.second);
+            INFO(texts.first << "->\n" << texts.second);
+            REQUIRE(before.ok);
+            REQUIRE(after.ok);
+            CHECK(config::reload_summary(after.cfg, before.cfg) == whole_file_summaries.at(key));
+            continue;
+        }
+        INFO("no pair of values for it in changed_values: add one (and a context where it is valid)");
+        REQUIRE(changed_values.count(key) == 1);
+        const auto& values = changed_values.at(key);
+        int places = 0;
+        std::string tried;
+        for (const Context& c : change_contexts) {
+            std::string a = c.text, b = c.text;
+            a.replace(a.find("KEY: x"), 6, key + ": " + values.first);
+            b.replace(b.find("KEY: x"), 6, key + ": " + values.second);
+            Parsed before(a), after(b);
+            tried += a + (before.diag.errors.empty() ? "" : before.diag.errors[0] + "\n") + b +
+                     (after.diag.errors.empty() ? "" : after.diag.errors[0] + "\n");
+            if (!before.ok || !after.ok || before.calls_unknown(key)) continue;
+            ++places;
+            INFO(c.name << ":\n" << a << "->\n" << b);
+            CHECK(config::reload_summary(after.cfg, before.cfg) == "1 rules (0 added, 0 removed, 1 changed)");
+            CHECK(config::reload_summary(before.cfg, before.cfg) == "1 rules (0 added, 0 removed, 0 changed)");
+        }
+        INFO("valid in no context:\n" << tried);
+        CHECK(places >= 1);
+    }
+}
+
+TEST_CASE("a reload that only reformats a rule, reorders its keys or moves a default into it reports no change",
+          "[reload]") {
+    Parsed flow("rules:\n- {name: r, from: 127.0.0.1:0, to: [127.0.0.1:1, 127.0.0.1:2], max_conns: 5}\n");
+    Parsed block("# the same, in blocks\nrules:\n  - to:\n      - \"127.0.0.1:1\"\n      - 127.0.0.1:2   # second\n"
+                 "    max_conns: 5\n    from: '127.0.0.1:0'\n    name: r\n");
+    Parsed inherited("defaults:\n  max_conns: 5\nrules:\n- {name: r, from: 127.0.0.1:0, to: [127.0.0.1:1, 127.0.0.1:2]}\n");
+    Parsed overridden("defaults: {max_conns: 7}\nrules:\n- {name: r, from: 127.0.0.1:0, to: [127.0.0.1:1, 127.0.0.1:2], "
+                      "max_conns: 5}\n");
+    Parsed reordered("rules:\n- {name: r, from: 127.0.0.1:0, to: [127.0.0.1:2, 127.0.0.1:1], max_conns: 5}\n");
+    for (const Parsed* p : {&flow, &block, &inherited, &overridden, &reordered}) REQUIRE(p->ok);
+    const std::string same = "1 rules (0 added, 0 removed, 0 changed)";
+    CHECK(config::reload_summary(block.cfg, flow.cfg) == same);
+    CHECK(config::reload_summary(inherited.cfg, flow.cfg) == same);
+    CHECK(config::reload_summary(overridden.cfg, flow.cfg) == same);
+    // The order of `to` is meaningful (round-robin goes in it): a change.
+    CHECK(config::reload_summary(reordered.cfg, flow.cfg) == "1 rules (0 added, 0 removed, 1 changed)");
 }
 
 TEST_CASE("mixctl.8's CONFIGURATION names every key the parser accepts", "[docs]") {

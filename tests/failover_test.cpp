@@ -114,6 +114,42 @@ TEST_CASE("all upstreams down: the client is closed at once, and service returns
     CHECK(alive(d));
 }
 
+TEST_CASE("every up upstream refuses but a down-marked one listens: the client is served by it",
+          "[failover][health]") {
+    Server first(digest);
+    REQUIRE(first.ok());
+    uint16_t second_port = closed_port();
+    REQUIRE(second_port != 0);
+    const std::string second = "127.0.0.1:" + std::to_string(second_port);
+    Daemon d(rules_yaml({rule_yaml("r", "127.0.0.1:0", {first.address(), second}) +
+                         "  strategy: round-robin\n  fail_timeout: 60s\n"}),
+             {"-w", "1"});
+    uint16_t port = d.port("r");
+    REQUIRE(port != 0);
+    // Round-robin meets `second` within two connections: refused, so it is
+    // marked down for a minute; `first` serves both.
+    for (int i = 0; i < 2; ++i) {
+        std::string request = pattern(300, static_cast<uint64_t>(i + 1)), reply;
+        CHECK(exchange(port, request, reply));
+        CHECK(reply == digest_line(request));
+    }
+    REQUIRE(d.wait_log("upstream " + second + " of (r) is DOWN"));
+    CHECK(first.accepted() == 2);
+    // `second` comes back while still marked down, and `first` goes away:
+    // the one up upstream refuses, the down-marked one is tried last.
+    Server back(digest, AF_INET, second_port);
+    REQUIRE(back.ok());
+    first.stop();
+    std::string request = pattern(4000, 77), reply;
+    CHECK(exchange(port, request, reply));
+    CHECK(reply == digest_line(request));
+    CHECK(back.accepted() == 1);
+    CHECK(d.count("error dialing " + first.address() + ": connection refused") == 1);
+    CHECK(d.count("trying them anyway") == 0);  // `first` was up: not fail open
+    CHECK(d.count("no upstream of") == 0);
+    CHECK(alive(d));
+}
+
 TEST_CASE("a client that resets while its dial is pending cancels the dial at once", "[failover]") {
     BlackHole hole;
     REQUIRE(hole.swallows());

@@ -45,6 +45,19 @@ TEST_CASE("a changed to: takes effect for new connections after SIGHUP", "[reloa
     for (int i = 0; i < 10; ++i) CHECK(first_line(port) == "B\n");
 }
 
+TEST_CASE("a reload that changes only max_conns reports the rule changed; one that adds a comment, unchanged",
+          "[reload]") {
+    Server a(banner("A"));
+    uint16_t port = free_port();
+    Daemon d(config_for(port, a.address()), {"-w", "1", "-v=false"});
+    REQUIRE(d.port("r") == port);
+    REQUIRE(reload_with(d, config_for(port, a.address(), "  max_conns: 5\n")));
+    CHECK(d.count(": 1 rules (0 added, 0 removed, 1 changed)") == 1);
+    REQUIRE(reload_with(d, "# only a comment is new\n" + config_for(port, a.address(), "  max_conns: 5\n")));
+    CHECK(d.count(": 1 rules (0 added, 0 removed, 0 changed)") == 1);
+    CHECK(first_line(port) == "A\n");
+}
+
 TEST_CASE("a client loop sees no refused or failed connection through 20 reloads", "[reload]") {
     Server up(digest);
     uint16_t port = free_port();

@@ -179,7 +179,7 @@ TEST_CASE("plan lists every up primary once, then the backups; a backup is never
     CHECK(firsts.count(3) == 0);
 }
 
-TEST_CASE("plan skips upstreams marked down by probes or by passive health, and only until down_until",
+TEST_CASE("plan puts upstreams marked down by probes or by passive health last, and only until down_until",
           "[upstreams]") {
     Fixture f(rule("random", {"127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"}));
     REQUIRE(f.ok);
@@ -189,7 +189,9 @@ TEST_CASE("plan skips upstreams marked down by probes or by passive health, and 
     f.at(0).probe = upstreams::probe_down;
     f.at(1).probe = upstreams::probe_up;  // up and unknown both count as up
     REQUIRE(upstreams::plan(f.pool(), client(1), T, rng, order));
-    CHECK(as_set(order) == std::multiset<uint16_t>{1, 2});
+    REQUIRE(order.size() == 3);
+    CHECK(as_set({order[0], order[1]}) == std::multiset<uint16_t>{1, 2});
+    CHECK(order[2] == 0);
 
     f.at(0).probe = upstreams::probe_unknown;
     f.at(2).down_until_ms.store(T + 500);
@@ -197,12 +199,20 @@ TEST_CASE("plan skips upstreams marked down by probes or by passive health, and 
     CHECK(upstreams::passive_down(f.at(2), T + 499));
     CHECK_FALSE(upstreams::passive_down(f.at(2), T + 500));
     REQUIRE(upstreams::plan(f.pool(), client(1), T + 499, rng, order));
-    CHECK(as_set(order) == std::multiset<uint16_t>{0, 1});
-    REQUIRE(upstreams::plan(f.pool(), client(1), T + 500, rng, order));
-    CHECK(as_set(order) == std::multiset<uint16_t>{0, 1, 2});
+    REQUIRE(order.size() == 3);
+    CHECK(as_set({order[0], order[1]}) == std::multiset<uint16_t>{0, 1});
+    CHECK(order[2] == 2);
+    // Once down_until has passed it is up again: any of the three may come first.
+    std::set<uint16_t> firsts;
+    for (int i = 0; i < 60; ++i) {
+        REQUIRE(upstreams::plan(f.pool(), client(i), T + 500, rng, order));
+        CHECK(as_set(order) == std::multiset<uint16_t>{0, 1, 2});
+        firsts.insert(order[0]);
+    }
+    CHECK(firsts.size() == 3);
 }
 
-TEST_CASE("backups serve only when every primary is down, and then only the backups that are up",
+TEST_CASE("backups serve only when every primary is down; down-marked upstreams follow, primaries first",
           "[upstreams]") {
     Fixture f(rule("round-robin", {"127.0.0.1:1", "{address: 127.0.0.1:2, backup: true}", "127.0.0.1:3",
                                    "{address: 127.0.0.1:4, backup: true}"}));
@@ -210,34 +220,48 @@ TEST_CASE("backups serve only when every primary is down, and then only the back
     Rng rng;
     std::vector<uint16_t> order;
 
-    // One primary down: the other primary first, the backups after it.
+    // One primary down: the other primary first, the backups after it, the
+    // down primary last.
     f.at(0).probe = upstreams::probe_down;
     for (int i = 0; i < 10; ++i) {
         REQUIRE(upstreams::plan(f.pool(), client(i), T, rng, order));
-        REQUIRE(order.size() == 3);
+        REQUIRE(order.size() == 4);
         CHECK(order[0] == 2);
         CHECK(as_set({order[1], order[2]}) == std::multiset<uint16_t>{1, 3});
+        CHECK(order[3] == 0);
     }
-    // Both primaries down: only backups, and that is not fail-open.
+    // Both primaries down: the backups serve, and that is not fail-open;
+    // the down primaries follow them in random order.
     f.at(2).down_until_ms.store(T + 10000);
-    std::map<uint16_t, int> firsts;
-    for (int i = 0; i < 10; ++i) {
+    std::map<uint16_t, int> firsts, thirds;
+    for (int i = 0; i < 40; ++i) {
         REQUIRE(upstreams::plan(f.pool(), client(i), T, rng, order));
-        CHECK(as_set(order) == std::multiset<uint16_t>{1, 3});
+        REQUIRE(order.size() == 4);
+        CHECK(as_set({order[0], order[1]}) == std::multiset<uint16_t>{1, 3});
+        CHECK(as_set({order[2], order[3]}) == std::multiset<uint16_t>{0, 2});
         ++firsts[order[0]];
+        ++thirds[order[2]];
     }
-    CHECK(firsts[1] == 5);  // round-robin between the two backups
-    CHECK(firsts[3] == 5);
-    // One backup down too: the other one alone.
+    CHECK(firsts[1] == 20);  // round-robin between the two backups
+    CHECK(firsts[3] == 20);
+    CHECK(thirds[0] > 5);  // the down ones are not always tried in one order
+    CHECK(thirds[2] > 5);
+    // One backup down too: the other one alone serves; then the down
+    // primaries; the down backup last of all.
     f.at(3).probe = upstreams::probe_down;
     REQUIRE(upstreams::plan(f.pool(), client(0), T, rng, order));
-    CHECK(order == std::vector<uint16_t>{1});
-    // Backups all down, primaries up: primaries only.
+    REQUIRE(order.size() == 4);
+    CHECK(order[0] == 1);
+    CHECK(as_set({order[1], order[2]}) == std::multiset<uint16_t>{0, 2});
+    CHECK(order[3] == 3);
+    // Backups all down, primaries up: primaries, then the down backups.
     f.at(0).probe = upstreams::probe_up;
     f.at(2).down_until_ms.store(0);
     f.at(1).probe = upstreams::probe_down;
     REQUIRE(upstreams::plan(f.pool(), client(0), T, rng, order));
-    CHECK(as_set(order) == std::multiset<uint16_t>{0, 2});
+    REQUIRE(order.size() == 4);
+    CHECK(as_set({order[0], order[1]}) == std::multiset<uint16_t>{0, 2});
+    CHECK(as_set({order[2], order[3]}) == std::multiset<uint16_t>{1, 3});
 }
 
 TEST_CASE("all upstreams down: plan fails open with every upstream and says so", "[upstreams]") {
@@ -255,9 +279,10 @@ TEST_CASE("all upstreams down: plan fails open with every upstream and says so",
         firsts.insert(order[0]);
     }
     CHECK(firsts.size() >= 2);  // not always the same victim
-    // As soon as one is up again, it is the plan.
+    // As soon as one is up again, it comes first, the down primary next,
+    // the down backup last.
     CHECK(upstreams::plan(f.pool(), client(0), T + 1, rng, order));
-    CHECK(order == std::vector<uint16_t>{1});
+    CHECK(order == std::vector<uint16_t>{1, 0, 2});
 }
 
 // ---- strategies ---------------------------------------------------------------
@@ -611,6 +636,8 @@ TEST_CASE("a disabled upstream is never planned, not even when everything else i
     }
     f.at(1).probe = upstreams::probe_down;
     CHECK(first_choice(f, client(0), rng) == 2);  // the backup takes over
+    CHECK(upstreams::plan(f.pool(), client(0), T, rng, order));
+    CHECK(order == std::vector<uint16_t>{2, 1});  // the down primary after it, never the disabled one
     f.at(2).probe = upstreams::probe_down;
     CHECK_FALSE(upstreams::plan(f.pool(), client(0), T, rng, order));  // fail open: only the enabled ones
     CHECK(as_set(order) == std::multiset<uint16_t>{1, 2});
@@ -654,6 +681,11 @@ TEST_CASE("max_conns: a full upstream is skipped, backups take over when every p
     upstreams::plan(f.pool(), client(0), T, rng, order);
     CHECK(order == std::vector<uint16_t>{2});
     CHECK(upstreams::has_room(f.pool()));
+    f.at(1).active = 0;
+    f.at(1).probe = upstreams::probe_down;  // down-marked but with room: listed last, still not the full one
+    upstreams::plan(f.pool(), client(0), T, rng, order);
+    CHECK(order == std::vector<uint16_t>{2, 1});
+    f.at(1).active = 1;
     f.at(2).active = 1;
     upstreams::plan(f.pool(), client(0), T, rng, order);
     CHECK(order.empty());
@@ -680,6 +712,16 @@ TEST_CASE("retries: N cuts the failover list to 1 + N upstreams; the default tri
         upstreams::plan(f.pool(), client(0), T, rng, order);
         CHECK(order.size() == std::min<size_t>(5, static_cast<size_t>(n) + 1));
     }
+    // The cut also takes the down-marked upstreams at the tail first.
+    Fixture f(rule("random", five, "  retries: 2\n"));
+    REQUIRE(f.ok);
+    f.at(0).probe = upstreams::probe_down;
+    f.at(1).down_until_ms.store(T + 1000);
+    f.at(2).probe = upstreams::probe_down;
+    upstreams::plan(f.pool(), client(0), T, rng, order);
+    REQUIRE(order.size() == 3);
+    CHECK(as_set({order[0], order[1]}) == std::multiset<uint16_t>{3, 4});
+    CHECK(order[2] <= 2);
 }
 
 TEST_CASE("a reload keeps disable and a run-time weight, unless the file changed that weight",

@@ -627,3 +627,25 @@ TEST_CASE("nesting deeper than 64 levels is rejected", "[yaml_lite]") {
         {"deep unclosed flow nesting stops at the limit", repeat("{a: ", 100), 1, "nesting too deep"},
     });
 }
+
+TEST_CASE("canonical text: layout, comments, quoting and key order do not change it; a value or an item's place does",
+          "[yaml_lite]") {
+    auto canon = [](const std::string& text) {
+        auto result = parse(text);
+        INFO(text);
+        REQUIRE(result.ok());
+        std::string out;
+        yaml_lite::canonical(result.root, out);
+        return out;
+    };
+    const std::string flow = canon("a: {b: 1, c: [x, 'y']}\n");
+    CHECK(canon("# comment\na:\n  c:\n    - \"x\"\n    - y   # trailing\n  b: '1'\n") == flow);
+    CHECK(canon("a: {c: [x, y], b: 1}\r\n") == flow);
+    CHECK(canon("a: {b: 2, c: [x, y]}\n") != flow);
+    CHECK(canon("a: {b: 1, c: [y, x]}\n") != flow);
+    CHECK(canon("a: {b: 1, c: [x, y], d: }\n") != flow);
+    // Lengths keep text from passing for structure.
+    CHECK(canon("a: \"1\\\"b\"\n") != canon("a: 1\nb: \n"));
+    CHECK(canon("[ab, c]\n") != canon("[a, bc]\n"));
+    CHECK(canon("a:\n") != canon("a: ''\n"));
+}
