@@ -332,11 +332,12 @@ inline bool set_nonblock_cloexec(int fd) {
     return fdfl >= 0 && fcntl(fd, F_SETFD, fdfl | FD_CLOEXEC) == 0;
 }
 
-inline Fd new_socket(int family) {
+// Nonblocking and close-on-exec, in one system call where the system can.
+inline Fd new_socket(int family, int type = SOCK_STREAM) {
 #ifdef MIXCTL_HAVE_ACCEPT4
-    return Fd(::socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+    return Fd(::socket(family, type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
 #else
-    Fd fd(::socket(family, SOCK_STREAM, 0));
+    Fd fd(::socket(family, type, 0));
     if (fd && !set_nonblock_cloexec(fd.get())) fd.reset();
     return fd;
 #endif

@@ -20,6 +20,7 @@
 #include "config.hpp"
 #include "log.hpp"
 #include "net.hpp"
+#include "udp_batch.hpp"
 #include "upstreams.hpp"
 
 namespace udp_relay {
@@ -88,12 +89,12 @@ inline net::Fd bind_socket(const net::SockAddr& addr, bool reuseport, std::strin
 
 using Clock = std::chrono::steady_clock;
 
-// The largest UDP payload over IPv4 (65,535 - 8 UDP - 20 IP header bytes);
-// one byte more in the buffer tells a truncated datagram from a full one.
-constexpr size_t max_datagram = 65507;
-// Datagrams handled per readable socket per loop turn, so one busy flow
-// cannot starve the others.
-constexpr int batch = 64;
+constexpr size_t max_datagram = udp_batch::max_datagram;
+// Datagrams read with one call (udp_batch.hpp), and calls per readable
+// socket per loop turn: at most 64 datagrams, so one busy flow cannot
+// starve the others.
+constexpr int batch = 32;
+constexpr int rounds = 2;
 
 // Where a datagram arrived: the address the client sent to. On a wildcard
 // socket it comes from IP_PKTINFO / IPV6_PKTINFO, otherwise it is the
@@ -182,7 +183,7 @@ public:
     Relay(const upstreams::Shared& shared, std::vector<Socket> sockets, int worker, const mixlog::Logger& log,
           const std::vector<std::vector<net::SockAddr>>* sources)
         : shared_(shared), sockets_(std::move(sockets)), worker_(worker), log_(log), sources_(sources),
-          buffer_(new char[max_datagram + 1]), lists_(shared.rules()) {
+          batch_(batch), lists_(shared.rules()) {
         random_state_ = static_cast<uint64_t>(getpid()) * 0x9E3779B97F4A7C15ULL + 0x2545F4914F6CDD1DULL;
     }
 
@@ -190,61 +191,97 @@ public:
     const std::vector<Socket>& sockets() const { return sockets_; }
     size_t live() const { return live_; }
 
-    // The socket's datagrams: each goes to its flow's session, which is
-    // made on the first one.
+    // The socket's datagrams, read a batch at a time: each goes to its
+    // flow's session, which is made on the first one. A batch's datagrams
+    // are grouped per session (in order within each) and each group goes
+    // upstream with one call.
     void on_socket(uint32_t index, Clock::time_point now) {
-        Socket& sock = sockets_[index];
-        for (int n = 0; n < batch; ++n) {
-            net::SockAddr client;
-            Local local;
-            bool truncated = false;
-            ssize_t size = receive(sock, client, local, truncated);
-            if (size < 0) return;
-            const upstreams::Pool& pool = shared_.rule_pool(sock.rule);
-            if (truncated) {
-                pool.state->dropped.fetch_add(1);
-                continue;
+        const Socket& sock = sockets_[index];
+        const upstreams::Pool& pool = shared_.rule_pool(sock.rule);
+        for (int round = 0; round < rounds; ++round) {
+            const int count = batch_.receive(sock.fd, batch, true, sock.wildcard);
+            groups_.clear();
+            for (int i = 0; i < count; ++i) {
+                if (batch_.truncated(i)) {
+                    pool.state->dropped.fetch_add(1);
+                    continue;
+                }
+                Local local;
+                local.address = sock.bound;
+                if (sock.wildcard) read_destination(batch_.header(i), sock.bound.port(), local);
+                const net::SockAddr& client = batch_.sender(i);
+                Key key = make_key(client, local.address, index);
+                auto found = table_.find(key);
+                uint32_t id;
+                if (found != table_.end()) {
+                    id = found->second;
+                } else {
+                    // Opening may evict a session: what waits for one goes first.
+                    forward_groups(now);
+                    id = open(index, key, client, local, now);
+                    if (id == Session::none) continue;
+                }
+                group(id, i);
+                // responses: 0 ends a session at its first datagram, so
+                // each datagram is a session of its own, as one at a time.
+                if (pool.rule->policy.responses == 0) forward_groups(now);
             }
-            Key key = make_key(client, local.address, index);
-            auto found = table_.find(key);
-            uint32_t id = found != table_.end() ? found->second : open(index, key, client, local, now);
-            if (id == Session::none) continue;
-            forward(id, static_cast<size_t>(size), now);
+            forward_groups(now);
+            if (count < batch) return;  // the socket is empty (or its error waits for the next turn)
         }
     }
 
     // The session's upstream socket is readable: replies go to the client,
-    // from the address it sent to.
+    // from the address it sent to, a batch at a time.
     void on_upstream(uint32_t id, uint64_t token, Clock::time_point now) {
         if (id >= sessions_.size() || sessions_[id]->token != token) return;  // ended earlier this turn
-        for (int n = 0; n < batch; ++n) {
+        for (int round = 0; round < rounds; ++round) {
             Session& s = *sessions_[id];
-            ssize_t size = ::recv(s.upstream.get(), buffer_.get(), max_datagram + 1, MSG_TRUNC);
-            if (size < 0) {
-                if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return;
-                upstream_error(id, errno, now);
-                return;
-            }
             const upstreams::Pool& pool = pool_of(s);
-            if (static_cast<size_t>(size) > max_datagram) {
-                pool.state->dropped.fetch_add(1);
-                continue;
-            }
-            if (!reply(s, static_cast<size_t>(size))) {
-                pool.state->dropped.fetch_add(1);
-                continue;
-            }
-            ++s.datagrams_out;
-            s.bytes_out += static_cast<uint64_t>(size);
-            upstreams::UpstreamState& state = pool.at(s.target);
-            state.datagrams_out.fetch_add(1);
-            state.bytes_out.fetch_add(static_cast<uint64_t>(size));
-            touch(id, now);
             const int responses = pool.rule->policy.responses;
+            int want = batch;
+            // Never read past the last reply the session may relay.
+            if (responses != config::responses_unlimited)
+                want = static_cast<int>(std::min<uint64_t>(static_cast<uint64_t>(want),
+                                                           static_cast<uint64_t>(responses) - s.datagrams_out));
+            const int count = batch_.receive(s.upstream.get(), want, false, false);
+            const int err = batch_.error();
+            batch_.clear();
+            const size_t control_length = s.local.from_pktinfo ? source_control(s) : 0;
+            for (int i = 0; i < count; ++i) {
+                if (batch_.truncated(i)) pool.state->dropped.fetch_add(1);
+                else
+                    batch_.add(i, batch_.size(i), &s.client, control_length ? reply_control_ : nullptr, control_length);
+            }
+            uint64_t sent = 0, bytes = 0;
+            for (int first = 0; first < batch_.outgoing();) {
+                int n = batch_.send(sockets_[s.socket].fd, first);
+                if (n < 0) {
+                    pool.state->dropped.fetch_add(1);  // a full send buffer: lost, as on the wire
+                    ++first;
+                    continue;
+                }
+                for (int j = first; j < first + n; ++j) bytes += batch_.outgoing_size(j);
+                sent += static_cast<uint64_t>(n);
+                first += n;
+            }
+            if (sent) {
+                s.datagrams_out += sent;
+                s.bytes_out += bytes;
+                upstreams::UpstreamState& state = pool.at(s.target);
+                state.datagrams_out.fetch_add(sent);
+                state.bytes_out.fetch_add(bytes);
+                touch(id, now);
+            }
             if (responses != config::responses_unlimited && s.datagrams_out >= static_cast<uint64_t>(responses)) {
                 finish(id, "responses");
                 return;
             }
+            if (err) {
+                upstream_error(id, err, now);
+                return;
+            }
+            if (count < want) return;
         }
     }
 
@@ -285,34 +322,18 @@ private:
         uint32_t head = Session::none, tail = Session::none;
         size_t count = 0;
     };
+    // A batch's datagrams waiting to go up one session's socket: slots
+    // first..last, chained through next_slot_.
+    struct Group {
+        uint32_t session;
+        int first, last;
+    };
 
     const upstreams::Pool& pool_of(const Session& s) const { return shared_.rule_pool(sockets_[s.socket].rule); }
 
     Clock::duration idle_of(size_t rule) const {
         auto idle = std::chrono::duration_cast<Clock::duration>(shared_.rule_pool(rule).rule->policy.idle_timeout);
         return stopping_ ? std::min<Clock::duration>(idle, drain_idle) : idle;
-    }
-
-    ssize_t receive(const Socket& sock, net::SockAddr& client, Local& local, bool& truncated) {
-        iovec iov{buffer_.get(), max_datagram + 1};
-        alignas(cmsghdr) char control[256];
-        msghdr msg{};
-        msg.msg_name = client.get();
-        msg.msg_namelen = sizeof client.storage;
-        msg.msg_iov = &iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = sock.wildcard ? control : nullptr;
-        msg.msg_controllen = sock.wildcard ? sizeof control : 0;
-        ssize_t size;
-        do size = ::recvmsg(sock.fd, &msg, 0);
-        while (size < 0 && errno == EINTR);
-        if (size < 0) return -1;  // EAGAIN: all read; anything else is retried next turn
-        client.length = msg.msg_namelen;
-        truncated = (msg.msg_flags & MSG_TRUNC) != 0 || static_cast<size_t>(size) > max_datagram;
-        local.address = sock.bound;
-        local.from_pktinfo = false;
-        if (sock.wildcard) read_destination(msg, sock.bound.port(), local);
-        return size;
     }
 
     static void read_destination(msghdr& msg, uint16_t port, Local& local) {
@@ -356,60 +377,48 @@ private:
         }
     }
 
-    // Sends `size` bytes of the buffer to the session's client through the
-    // socket the client wrote to, from the address it wrote to.
-    bool reply(const Session& s, size_t size) {
+    // The ancillary data that makes a reply leave from the address the
+    // client sent to (a wildcard socket), in reply_control_; its length.
+    size_t source_control(const Session& s) {
         const Socket& sock = sockets_[s.socket];
-        iovec iov{buffer_.get(), size};
-        alignas(cmsghdr) char control[64] = {};
-        msghdr msg{};
-        msg.msg_name = const_cast<sockaddr*>(s.client.get());
-        msg.msg_namelen = s.client.length;
-        msg.msg_iov = &iov;
-        msg.msg_iovlen = 1;
-        if (s.local.from_pktinfo) {
-            msg.msg_control = control;
-            const net::SockAddr& from = s.local.address;
-            cmsghdr* c = reinterpret_cast<cmsghdr*>(control);
+        memset(reply_control_, 0, sizeof reply_control_);
+        const net::SockAddr& from = s.local.address;
+        cmsghdr* c = reinterpret_cast<cmsghdr*>(reply_control_);
 #ifdef IP_PKTINFO
-            if (from.family() == AF_INET) {
-                in_pktinfo info{};
-                info.ipi_spec_dst = reinterpret_cast<const sockaddr_in*>(&from.storage)->sin_addr;
-                // An IPv6 socket takes the source of an IPv4 reply as a mapped IPV6_PKTINFO.
-                if (sock.bound.family() == AF_INET6) {
-                    in6_pktinfo info6{};
-                    info6.ipi6_addr.s6_addr[10] = info6.ipi6_addr.s6_addr[11] = 0xff;
-                    memcpy(&info6.ipi6_addr.s6_addr[12], &info.ipi_spec_dst, 4);
-                    c->cmsg_level = IPPROTO_IPV6;
-                    c->cmsg_type = IPV6_PKTINFO;
-                    c->cmsg_len = CMSG_LEN(sizeof info6);
-                    memcpy(CMSG_DATA(c), &info6, sizeof info6);
-                    msg.msg_controllen = CMSG_SPACE(sizeof info6);
-                } else {
-                    c->cmsg_level = IPPROTO_IP;
-                    c->cmsg_type = IP_PKTINFO;
-                    c->cmsg_len = CMSG_LEN(sizeof info);
-                    memcpy(CMSG_DATA(c), &info, sizeof info);
-                    msg.msg_controllen = CMSG_SPACE(sizeof info);
-                }
-            }
-#endif
-#ifdef IPV6_PKTINFO
-            if (from.family() == AF_INET6) {
+        if (from.family() == AF_INET) {
+            in_pktinfo info{};
+            info.ipi_spec_dst = reinterpret_cast<const sockaddr_in*>(&from.storage)->sin_addr;
+            // An IPv6 socket takes the source of an IPv4 reply as a mapped IPV6_PKTINFO.
+            if (sock.bound.family() == AF_INET6) {
                 in6_pktinfo info6{};
-                info6.ipi6_addr = reinterpret_cast<const sockaddr_in6*>(&from.storage)->sin6_addr;
+                info6.ipi6_addr.s6_addr[10] = info6.ipi6_addr.s6_addr[11] = 0xff;
+                memcpy(&info6.ipi6_addr.s6_addr[12], &info.ipi_spec_dst, 4);
                 c->cmsg_level = IPPROTO_IPV6;
                 c->cmsg_type = IPV6_PKTINFO;
                 c->cmsg_len = CMSG_LEN(sizeof info6);
                 memcpy(CMSG_DATA(c), &info6, sizeof info6);
-                msg.msg_controllen = CMSG_SPACE(sizeof info6);
+                return CMSG_SPACE(sizeof info6);
             }
-#endif
+            c->cmsg_level = IPPROTO_IP;
+            c->cmsg_type = IP_PKTINFO;
+            c->cmsg_len = CMSG_LEN(sizeof info);
+            memcpy(CMSG_DATA(c), &info, sizeof info);
+            return CMSG_SPACE(sizeof info);
         }
-        ssize_t sent;
-        do sent = ::sendmsg(sock.fd, &msg, 0);
-        while (sent < 0 && errno == EINTR);
-        return sent == static_cast<ssize_t>(size);
+#endif
+#ifdef IPV6_PKTINFO
+        if (from.family() == AF_INET6) {
+            in6_pktinfo info6{};
+            info6.ipi6_addr = reinterpret_cast<const sockaddr_in6*>(&from.storage)->sin6_addr;
+            c->cmsg_level = IPPROTO_IPV6;
+            c->cmsg_type = IPV6_PKTINFO;
+            c->cmsg_len = CMSG_LEN(sizeof info6);
+            memcpy(CMSG_DATA(c), &info6, sizeof info6);
+            return CMSG_SPACE(sizeof info6);
+        }
+#endif
+        (void)sock;
+        return 0;
     }
 
     uint64_t next_random() {
@@ -511,9 +520,8 @@ private:
     }
 
     static int connect_upstream(const net::SockAddr& to, const net::SockAddr* source, net::Fd& out) {
-        out.reset(::socket(to.family(), SOCK_DGRAM, 0));
+        out = net::new_socket(to.family(), SOCK_DGRAM);
         if (!out) return errno;
-        if (!net::set_nonblock_cloexec(out.get())) return errno;
         if (source) {
             if (int err = net::bind_source(out.get(), *source)) {
                 out.reset();
@@ -533,28 +541,69 @@ private:
         return up.ranged ? s.dialed.text() : up.text;
     }
 
-    void forward(uint32_t id, size_t size, Clock::time_point now) {
-        Session& s = *sessions_[id];
-        const upstreams::Pool& pool = pool_of(s);
-        ssize_t sent;
-        do sent = ::send(s.upstream.get(), buffer_.get(), size, 0);
-        while (sent < 0 && errno == EINTR);
-        if (sent < 0) {
-            int err = errno;
-            if (err == ECONNREFUSED) {
-                upstream_error(id, err, now);
-                return;
-            }
-            pool.state->dropped.fetch_add(1);  // a full send buffer: a datagram may be lost, as on the wire
+    // Slot i of the batch goes to session id, after the session's earlier ones.
+    void group(uint32_t id, int i) {
+        next_slot_[static_cast<size_t>(i)] = -1;
+        for (size_t g = groups_.size(); g-- > 0;) {
+            if (groups_[g].session != id) continue;
+            next_slot_[static_cast<size_t>(groups_[g].last)] = i;
+            groups_[g].last = i;
             return;
         }
-        ++s.datagrams_in;
-        s.bytes_in += size;
-        upstreams::UpstreamState& state = pool.at(s.target);
-        state.datagrams_in.fetch_add(1);
-        state.bytes_in.fetch_add(size);
-        touch(id, now);
-        if (pool.rule->policy.responses == 0) finish(id, "responses");
+        groups_.push_back(Group{id, i, i});
+    }
+
+    // Each waiting group goes up its session's connected socket, in order.
+    void forward_groups(Clock::time_point now) {
+        for (const Group& g : groups_) forward(g, now);
+        groups_.clear();
+    }
+
+    void forward(const Group& g, Clock::time_point now) {
+        Session& s = *sessions_[g.session];
+        const upstreams::Pool& pool = pool_of(s);
+        batch_.clear();
+        for (int i = g.first; i >= 0; i = next_slot_[static_cast<size_t>(i)])
+            batch_.add(i, batch_.size(i), nullptr, nullptr, 0);
+        uint64_t sent = 0, bytes = 0;
+        int refused = 0, first = 0;
+#if defined(MIXCTL_MMSG) && defined(UDP_SEGMENT)
+        if (batch_.send_segmented(s.upstream.get(), 0, batch_.outgoing())) {
+            first = batch_.outgoing();
+            sent = static_cast<uint64_t>(first);
+            for (int j = 0; j < first; ++j) bytes += batch_.outgoing_size(j);
+        }
+#endif
+        while (first < batch_.outgoing()) {
+            int n = batch_.send(s.upstream.get(), first);
+            if (n >= 0) {
+                for (int j = first; j < first + n; ++j) bytes += batch_.outgoing_size(j);
+                sent += static_cast<uint64_t>(n);
+                first += n;
+                continue;
+            }
+            if (errno == ECONNREFUSED) {
+                // The session ends here; the rest of its datagrams in this
+                // batch are not retried elsewhere (a datagram has no "next
+                // upstream") and are counted as dropped.
+                refused = ECONNREFUSED;
+                if (batch_.outgoing() - first - 1 > 0)
+                    pool.state->dropped.fetch_add(static_cast<uint64_t>(batch_.outgoing() - first - 1));
+                break;
+            }
+            pool.state->dropped.fetch_add(1);  // a full send buffer: lost, as on the wire
+            ++first;
+        }
+        if (sent) {
+            s.datagrams_in += sent;
+            s.bytes_in += bytes;
+            upstreams::UpstreamState& state = pool.at(s.target);
+            state.datagrams_in.fetch_add(sent);
+            state.bytes_in.fetch_add(bytes);
+            touch(g.session, now);
+        }
+        if (refused) upstream_error(g.session, refused, now);
+        else if (pool.rule->policy.responses == 0) finish(g.session, "responses");
     }
 
     // An ICMP port unreachable (ECONNREFUSED on the connected socket) is one
@@ -648,7 +697,10 @@ private:
     const mixlog::Logger& log_;
     const std::vector<std::vector<net::SockAddr>>* sources_;
     Loop* loop_ = nullptr;
-    std::unique_ptr<char[]> buffer_;
+    udp_batch::Batch batch_;
+    std::vector<Group> groups_;
+    int next_slot_[batch] = {};
+    alignas(cmsghdr) char reply_control_[64] = {};
     std::vector<std::unique_ptr<Session>> sessions_;
     std::vector<uint32_t> free_;
     std::unordered_map<Key, uint32_t, KeyHash> table_;

@@ -567,3 +567,203 @@ TEST_CASE("udp: a stop with a live session drains within a second, not the whole
     CHECK(elapsed_ms(asked) < 8000);  // quiet for 1 s ends it; -grace would be 30 s
     CHECK(d.wait_log("datagrams_in=1 datagrams_out=1 reason=\"idle timeout\""));
 }
+
+// ---- batches (udp_batch.hpp): many datagrams per system call --------------
+
+namespace {
+
+// Client c's datagram i: the first zero-length, the others of sizes distinct
+// within the client; every tenth client sends one 65,507-byte datagram, each
+// in its own round, so that a round fits the sockets' default buffers.
+size_t batch_test_size(int c, int i) {
+    if (i == 0) return 0;
+    if (c % 10 == 0 && i == 2 * (15 + c / 10) + 1) return 65507;
+    return static_cast<size_t>(i * 7 + c % 7 + 1);
+}
+
+std::string batch_test_data(int c, int i) {
+    return pattern(batch_test_size(c, i), static_cast<uint64_t>(c) * 1000 + static_cast<uint64_t>(i));
+}
+
+// Reads `n` replies on each client and compares them, in order, with what it
+// sent from `first` on; counts the missing and the wrong (another client's,
+// merged, split, reordered).
+void expect_replies(std::vector<net::Fd>& clients, int first, int n, int& missing, int& wrong,
+                    std::vector<uint64_t>& sums) {
+    std::vector<char> buf(70000);
+    for (size_t c = 0; c < clients.size(); ++c) {
+        for (int i = first; i < first + n; ++i) {
+            ssize_t got = ::recv(clients[c].get(), buf.data(), buf.size(), 0);
+            if (got < 0) {
+                ++missing;
+                break;  // the socket's timeout: the rest of this client's are late too
+            }
+            std::string reply(buf.data(), static_cast<size_t>(got));
+            if (reply != batch_test_data(static_cast<int>(c), i)) ++wrong;
+            sums[c] += checksum(reply);
+        }
+    }
+}
+
+}  // namespace
+
+TEST_CASE("udp: 50 clients x 40 datagrams at once: every reply whole, to its client, from the address it sent to, "
+          "in order",
+          "[udp][batch]") {
+    UdpServer up(udp_echo);
+    REQUIRE(up.ok());
+    uint16_t port = free_udp_port();
+    Daemon d(rules_yaml({udp_rule("any", ":" + std::to_string(port), {up.address()})}), {"-w", "1"});
+    REQUIRE(d.port("any") == port);
+    INFO(d.log());
+    constexpr int clients = 50, per_client = 40;
+    // Connected sockets to 127.0.0.1 and 127.0.0.2 on a wildcard listener:
+    // the kernel drops a reply from any other source.
+    std::vector<net::Fd> socks;
+    for (int c = 0; c < clients; ++c) {
+        socks.push_back(udp_client(port, c % 2 ? "127.0.0.2" : "127.0.0.1", 3000ms));
+        REQUIRE(socks.back());
+    }
+    std::vector<uint64_t> sent_sums(clients), got_sums(clients);
+    int missing = 0, wrong = 0;
+    // Each round every client sends two datagrams back to back (one session's
+    // pair inside a batch of many sessions), then all replies are read.
+    for (int round = 0; round < per_client / 2; ++round) {
+        for (int c = 0; c < clients; ++c) {
+            for (int i = 2 * round; i < 2 * round + 2; ++i) {
+                std::string data = batch_test_data(c, i);
+                sent_sums[static_cast<size_t>(c)] += checksum(data);
+                REQUIRE(::send(socks[static_cast<size_t>(c)].get(), data.data(), data.size(), 0) ==
+                        static_cast<ssize_t>(data.size()));
+            }
+        }
+        expect_replies(socks, 2 * round, 2, missing, wrong, got_sums);
+    }
+    CHECK(missing == 0);
+    CHECK(wrong == 0);
+    CHECK(got_sums == sent_sums);
+    CHECK(d.count("Connected ") == clients);  // one session per client, whatever the batches
+}
+
+TEST_CASE("udp: a batch read in one call mixes many sessions; each gets its own datagrams, in order", "[udp][batch]") {
+    UdpServer up(udp_echo);
+    REQUIRE(up.ok());
+    Daemon d(rules_yaml({udp_rule("r", "127.0.0.1:0", {up.address()})}), {"-w", "1"});
+    uint16_t port = d.port("r");
+    REQUIRE(port != 0);
+    INFO(d.log());
+    std::vector<pid_t> workers = d.workers(1);
+    REQUIRE(workers.size() == 1);
+    constexpr int clients = 20, each = 5;
+    std::vector<net::Fd> socks;
+    for (int c = 0; c < clients; ++c) socks.push_back(udp_client(port, "127.0.0.1", 3000ms));
+    // The worker is held while the datagrams queue, so that it reads them in
+    // batches of many sessions, interleaved.
+    REQUIRE(kill(workers[0], SIGSTOP) == 0);
+    for (int i = 0; i < each; ++i)
+        for (int c = 0; c < clients; ++c) {
+            std::string data = batch_test_data(c, i + 1);
+            ::send(socks[static_cast<size_t>(c)].get(), data.data(), data.size(), 0);
+        }
+    REQUIRE(kill(workers[0], SIGCONT) == 0);
+    std::vector<uint64_t> sums(clients);
+    int missing = 0, wrong = 0;
+    expect_replies(socks, 1, each, missing, wrong, sums);
+    CHECK(missing == 0);
+    CHECK(wrong == 0);
+    CHECK(d.wait_log("Connected ", 5000ms, clients));
+    CHECK(d.count("Connected ") == clients);
+}
+
+TEST_CASE("udp: a session refused mid-batch (ICMP unreachable) ends alone; the batch's other sessions are served",
+          "[udp][batch]") {
+    UdpServer live(udp_echo);
+    REQUIRE(live.ok());
+    uint16_t dead = free_udp_port();  // nothing listens: ICMP port unreachable
+    Daemon d(rules_yaml({udp_rule("r", "127.0.0.1:0", {"127.0.0.1:" + std::to_string(dead), live.address()},
+                                  "  strategy: round-robin\n  max_fails: 3\n  fail_timeout: 30s\n")}),
+             {"-w", "1"});
+    uint16_t port = d.port("r");
+    REQUIRE(port != 0);
+    INFO(d.log());
+    std::vector<pid_t> workers = d.workers(1);
+    REQUIRE(workers.size() == 1);
+    constexpr int clients = 10, each = 3;
+    std::vector<net::Fd> socks;
+    for (int c = 0; c < clients; ++c) socks.push_back(udp_client(port, "127.0.0.1", 1000ms));
+    REQUIRE(kill(workers[0], SIGSTOP) == 0);
+    for (int c = 0; c < clients; ++c)
+        for (int i = 1; i <= each; ++i) {
+            std::string data = batch_test_data(c, i);
+            ::send(socks[static_cast<size_t>(c)].get(), data.data(), data.size(), 0);
+        }
+    REQUIRE(kill(workers[0], SIGCONT) == 0);
+    // Round robin: every other session went to the dead upstream (until
+    // max_fails marks it down). Every session on the live one gets all of
+    // its replies, in order: none is cut short by its neighbour's error. A
+    // client that met the dead one gets at most its own datagrams, in order.
+    int whole = 0, wrong = 0;
+    std::vector<char> buf(70000);
+    for (int c = 0; c < clients; ++c) {
+        int got = 0, next = 1;
+        for (int k = 1; k <= each; ++k) {
+            ssize_t n = ::recv(socks[static_cast<size_t>(c)].get(), buf.data(), buf.size(), 0);
+            if (n < 0) break;
+            std::string reply(buf.data(), static_cast<size_t>(n));
+            while (next <= each && reply != batch_test_data(c, next)) ++next;
+            if (next > each) ++wrong;
+            ++next;
+            ++got;
+        }
+        if (got == each) ++whole;
+    }
+    CHECK(wrong == 0);
+    CHECK(whole >= clients / 2);
+    CHECK(whole < clients);  // the dead upstream was met
+    CHECK(d.wait_log("reason=\"connection refused\""));
+    // The worker goes on: a new client is answered (by the live upstream).
+    net::Fd later = udp_client(port, "127.0.0.1", 2000ms);
+    std::string reply;
+    bool answered = false;
+    for (int attempt = 0; attempt < 3 && !answered; ++attempt) answered = udp_ask(later.get(), "later", reply);
+    CHECK(answered);
+    CHECK(reply == "later");
+}
+
+TEST_CASE("udp: a session's run of equal-sized datagrams in one batch reaches the upstream as the same datagrams",
+          "[udp][batch]") {
+    UdpServer up(udp_echo);
+    REQUIRE(up.ok());
+    Daemon d(rules_yaml({udp_rule("r", "127.0.0.1:0", {up.address()})}), {"-w", "1"});
+    uint16_t port = d.port("r");
+    REQUIRE(port != 0);
+    INFO(d.log());
+    std::vector<pid_t> workers = d.workers(1);
+    REQUIRE(workers.size() == 1);
+    net::Fd c = udp_client(port, "127.0.0.1", 3000ms);
+    std::string first;
+    REQUIRE(udp_ask(c.get(), "open", first));  // the session exists before the batch
+    // Held worker: 30 datagrams of 1,400 bytes and a shorter last one queue
+    // and are read as one batch of one session (on Linux one UDP_SEGMENT
+    // send upstream), then must arrive as 31 datagrams, not fewer or more.
+    constexpr int count = 31;
+    auto data = [](int i) { return pattern(i == count - 1 ? 100 : 1400, 7000 + static_cast<uint64_t>(i)); };
+    const int before = up.received();
+    REQUIRE(kill(workers[0], SIGSTOP) == 0);
+    for (int i = 0; i < count; ++i) {
+        std::string out = data(i);
+        REQUIRE(::send(c.get(), out.data(), out.size(), 0) == static_cast<ssize_t>(out.size()));
+    }
+    REQUIRE(kill(workers[0], SIGCONT) == 0);
+    std::vector<char> buf(70000);
+    int wrong = 0, got = 0;
+    for (int i = 0; i < count; ++i) {
+        ssize_t n = ::recv(c.get(), buf.data(), buf.size(), 0);
+        if (n < 0) break;
+        ++got;
+        if (std::string(buf.data(), static_cast<size_t>(n)) != data(i)) ++wrong;
+    }
+    CHECK(got == count);
+    CHECK(wrong == 0);
+    CHECK(up.received() - before == count);
+}
