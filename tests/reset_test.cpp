@@ -324,6 +324,9 @@ TEST_CASE("a client that half-closes and then aborts: the upstream gets the FIN,
         lock.lock();
         changed.wait_for(lock, 10000ms, [&] { return resets + quiet == i + 1; });
     }
+    // The upstream can see the last reset before the worker has logged that
+    // connection's Closed line: wait for the lines, then count them exactly.
+    d.wait_log(" reset_by=client", patience, static_cast<size_t>(rounds));
     std::lock_guard<std::mutex> lock(mutex);
     INFO(d.log());
     CHECK(requests == rounds);
