@@ -330,13 +330,14 @@ public:
         ::shutdown(listener_.get(), SHUT_RDWR);
         if (acceptor_.joinable()) acceptor_.join();
         listener_.reset();
-        std::vector<std::thread> handlers;
+        std::vector<Handled> handlers;
         {
             std::lock_guard<std::mutex> lock(mutex_);
-            for (int fd : open_) ::shutdown(fd, SHUT_RDWR);
+            for (int fd : open_)
+                if (fd >= 0) ::shutdown(fd, SHUT_RDWR);
             handlers.swap(handlers_);
         }
-        for (std::thread& t : handlers) t.join();
+        for (Handled& h : handlers) h.thread.join();
     }
 
 private:
@@ -355,18 +356,40 @@ private:
             }
             set_timeouts(fd, 30000ms);
             accepted_.fetch_add(1);
+            join_finished();
             std::lock_guard<std::mutex> lock(mutex_);
             open_.push_back(fd);
-            handlers_.emplace_back([this, fd] {
-                active_.fetch_add(1);
-                handler_(fd);
-                active_.fetch_sub(1);
-                std::lock_guard<std::mutex> inner(mutex_);
-                for (int& open : open_)
-                    if (open == fd) open = -1;
-                ::close(fd);
-            });
+            auto finished = std::make_shared<std::atomic<bool>>(false);
+            handlers_.push_back(Handled{std::thread([this, fd, finished] {
+                                            active_.fetch_add(1);
+                                            handler_(fd);
+                                            active_.fetch_sub(1);
+                                            {
+                                                std::lock_guard<std::mutex> inner(mutex_);
+                                                for (int& open : open_)
+                                                    if (open == fd) open = -1;
+                                                ::close(fd);
+                                            }
+                                            finished->store(true);
+                                        }),
+                                        finished});
         }
+    }
+
+    // A finished handler's thread keeps its stack mapped until it is joined:
+    // a test making tens of thousands of short connections would otherwise
+    // run into vm.max_map_count and fail to start threads (EAGAIN).
+    void join_finished() {
+        std::vector<std::thread> done;
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            auto ended = std::stable_partition(handlers_.begin(), handlers_.end(),
+                                               [](const Handled& h) { return !h.finished->load(); });
+            for (auto it = ended; it != handlers_.end(); ++it) done.push_back(std::move(it->thread));
+            handlers_.erase(ended, handlers_.end());
+            open_.erase(std::remove(open_.begin(), open_.end(), -1), open_.end());
+        }
+        for (std::thread& t : done) t.join();
     }
 
     Handler handler_;
@@ -378,7 +401,11 @@ private:
     std::atomic<bool> stopped_{false};
     std::mutex mutex_;
     std::vector<int> open_;
-    std::vector<std::thread> handlers_;
+    struct Handled {
+        std::thread thread;
+        std::shared_ptr<std::atomic<bool>> finished;
+    };
+    std::vector<Handled> handlers_;
 };
 
 // Echoes every byte, then ends its side when the client does.
